@@ -1,0 +1,1 @@
+"""Start daemons from Python."""

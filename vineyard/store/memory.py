@@ -1,0 +1,95 @@
+"""Shared-memory segments: memfd files the daemon maps and hands to clients by fd.
+
+All syscalls about memory live here. A segment's pages are plain shared memory (Shmem);
+they need no name under /dev/shm, and punching a hole (``MADV_REMOVE``) gives pages back
+to the OS even while clients still map the segment.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import tempfile
+
+from vineyard.store.allocator import Action
+
+__all__ = ["Segment", "SegmentTable", "shared_memory_backend"]
+
+log = logging.getLogger(__name__)
+
+
+def shared_memory_backend() -> str:
+    return "memfd_create(2)" if hasattr(os, "memfd_create") else "unlinked files in /dev/shm"
+
+
+class Segment:
+    """One memfd file, its size and the daemon's own mapping of it."""
+
+    __slots__ = ("fd", "id", "map", "size")
+
+    def __init__(self, segment_id: int, size: int) -> None:
+        self.id = segment_id
+        self.size = size
+        self.fd = _anonymous_file(f"vineyard-{segment_id}")
+        try:
+            os.ftruncate(self.fd, size)
+            self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def punch(self, offset: int, length: int) -> None:
+        """Give the pages of ``[offset, offset + length)`` back to the OS; they read as zeros."""
+        if length <= 0:
+            return
+        try:
+            self.map.madvise(mmap.MADV_REMOVE, offset, length)
+        except (OSError, AttributeError, ValueError) as exc:  # old kernels, odd filesystems
+            log.debug("could not release pages of segment %d: %s", self.id, exc)
+
+    def close(self) -> None:
+        self.punch(0, self.size)
+        self.map.close()
+        os.close(self.fd)
+
+
+def _anonymous_file(name: str) -> int:
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create(name, os.MFD_CLOEXEC)
+    fd, path = tempfile.mkstemp(prefix=name, dir="/dev/shm")
+    os.unlink(path)
+    return fd
+
+
+class SegmentTable:
+    """The daemon's live segments, by id; carries out the allocator's actions."""
+
+    def __init__(self) -> None:
+        self.segments: dict[int, Segment] = {}
+
+    def apply(self, actions: list[Action]) -> list[int]:
+        """Carry out ``actions``; returns the ids of segments closed, for clients to unmap."""
+        closed: list[int] = []
+        for action in actions:
+            if action.kind == "create":
+                self.segments[action.segment] = Segment(action.segment, action.length)
+            elif action.kind == "punch":
+                self.segments[action.segment].punch(action.offset, action.length)
+            elif action.kind == "close":
+                self.segments.pop(action.segment).close()
+                closed.append(action.segment)
+            else:
+                raise AssertionError(f"unknown memory action {action.kind!r}")
+        return closed
+
+    def view(self, segment: int, offset: int, size: int) -> memoryview:
+        return memoryview(self.segments[segment].map)[offset : offset + size]
+
+    def close_all(self) -> None:
+        for seg in self.segments.values():
+            try:
+                seg.close()
+            except (OSError, BufferError) as exc:
+                log.debug("closing segment %d: %s", seg.id, exc)
+        self.segments.clear()

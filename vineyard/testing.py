@@ -1,0 +1,178 @@
+"""Helpers for testing code that uses vineyard: a daemon you own, round trips, zero-copy checks.
+
+Importable by adapters and third parties::
+
+    from vineyard.testing import Daemon, assert_roundtrip
+    with Daemon(size="256Mi") as daemon:
+        client = vineyard.connect(daemon.socket)
+        assert_roundtrip(client, my_value)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "Daemon",
+    "address_in_store",
+    "assert_roundtrip",
+    "rss_anon",
+    "store_mappings",
+]
+
+
+class Daemon:
+    """A ``python -m vineyard`` process on a private socket, stopped by its own PID."""
+
+    def __init__(
+        self,
+        size: str = "512Mi",
+        *,
+        rpc: bool = False,
+        socket: str | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self._tmp = tempfile.mkdtemp(prefix="vineyard-test-")
+        self.socket = socket or os.path.join(self._tmp, "vineyard.sock")
+        self.cmd = [sys.executable, "-m", "vineyard", "--socket", self.socket, "--size", str(size)]
+        self.cmd += ["--rpc", "--rpc-port", "0"] if rpc else ["--norpc"]
+        self.cmd += list(args or [])
+        self._log = open(os.path.join(self._tmp, "daemon.log"), "w+b")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        self.rpc_endpoint: str | None = None
+        self._wait(timeout)
+        if rpc:
+            import vineyard
+
+            with vineyard.connect(self.socket) as client:
+                self.rpc_endpoint = client.rpc_endpoint
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def log(self) -> str:
+        self._log.flush()
+        with open(self._log.name, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def _wait(self, timeout: float) -> None:
+        import socket as sk
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {self.proc.returncode}: {self.log}")
+            probe = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+            try:
+                probe.connect(self.socket)
+                return
+            except OSError:
+                time.sleep(0.02)
+            finally:
+                probe.close()
+        self.kill()
+        raise RuntimeError(f"the daemon did not listen on {self.socket} within {timeout} s: {self.log}")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM by PID, wait; SIGKILL if it does not stop. Returns the exit status."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._cleanup()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if not self._log.closed:
+            self._log.close()
+
+    def __enter__(self) -> Daemon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def assert_roundtrip(client: Any, value: Any, check: Callable[[Any, Any], None] | None = None, **kw: Any) -> Any:
+    """Put ``value``, get it back, compare with the right equality for its type."""
+    object_id = client.put(value, **kw)
+    result = client.get(object_id)
+    if check is not None:
+        check(value, result)
+    else:
+        _default_check(value, result)
+    return result
+
+
+def _default_check(expected: Any, actual: Any) -> None:
+    import numpy as np
+
+    mod = type(expected).__module__.split(".")[0]
+    if mod == "pandas":
+        import pandas as pd
+
+        if isinstance(expected, pd.DataFrame):
+            pd.testing.assert_frame_equal(actual, expected)
+        elif isinstance(expected, pd.Series):
+            pd.testing.assert_series_equal(actual, expected)
+        elif isinstance(expected, pd.Index):
+            pd.testing.assert_index_equal(actual, expected, exact=True)
+        else:
+            assert actual == expected
+    elif mod == "pyarrow":
+        assert actual.equals(expected), f"{actual!r} != {expected!r}"
+        if hasattr(expected, "type"):
+            assert actual.type == expected.type
+    elif isinstance(expected, np.ndarray):
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape
+        np.testing.assert_array_equal(actual, expected)
+    else:
+        assert actual == expected, f"{actual!r} != {expected!r}"
+
+
+def store_mappings() -> list[tuple[int, int, str]]:
+    """``(start, end, path)`` of this process's mappings of the store's shared memory."""
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].startswith("/memfd:vineyard-"):
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                out.append((start, end, parts[5].strip()))
+    return out
+
+
+def address_in_store(address: int, mappings: list[tuple[int, int, str]] | None = None) -> bool:
+    """Whether ``address`` lies in a mapping of the store's shared memory."""
+    return any(start <= address < end for start, end, _ in (mappings or store_mappings()))
+
+
+def rss_anon() -> int:
+    """This process's private resident memory (``RssAnon``), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")

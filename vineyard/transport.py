@@ -1,0 +1,386 @@
+"""How a client talks to a daemon: the UNIX socket (shared memory) or TCP (copied bytes).
+
+:class:`IPCTransport` receives segment fds with ``SCM_RIGHTS`` and maps each segment once.
+Every blob handed out is a view whose *exporter* is a small per-blob ctypes object: every
+numpy array, memoryview or Arrow buffer derived from it keeps it alive, and when the last
+one dies a finalizer queues a release, sent ahead of the next request (or by a background
+flush). :class:`RPCTransport` carries blob bytes over TCP after the frame that announces
+them.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import ctypes
+import errno
+import logging
+import mmap
+import os
+import socket
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from vineyard.errors import (
+    ConnectionErrorException,
+    ConnectionFailedException,
+    StoreUnavailable,
+    error_from_status,
+)
+from vineyard.protocol import NEED_DATA, PROTOCOL_VERSION, FrameDecoder, encode
+
+__all__ = ["IPCTransport", "RPCTransport", "copy_into"]
+
+log = logging.getLogger(__name__)
+
+_RECV = 1 << 18
+_ANC = socket.CMSG_SPACE(253 * 4)
+_PARALLEL_COPY = 16 << 20
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _copy_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="vineyard-copy")
+        return _pool
+
+
+def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[:] = src`` for flat uint8 arrays; large copies run on several threads."""
+    n = src.nbytes
+    workers = min(4, os.cpu_count() or 1)
+    if n < _PARALLEL_COPY or workers < 2:
+        np.copyto(dst, src)
+        return
+    step = -(-n // workers) + 63 & ~63
+    futures = [
+        _copy_pool().submit(np.copyto, dst[i : i + step], src[i : i + step]) for i in range(0, n, step)
+    ]
+    for future in futures:
+        future.result()
+
+
+class _Transport:
+    kind = "ipc"
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self._sock: socket.socket | None = None
+        self._lock = threading.RLock()
+        self._decoder = FrameDecoder()
+        self._pending: collections.deque[int] = collections.deque()
+        self._pid = os.getpid()
+        self.info: dict[str, Any] = {}
+
+    # -- requests ----------------------------------------------------------------------
+    def request(self, message: dict[str, Any], raw: list[Any] | None = None) -> dict[str, Any]:
+        """Send ``message`` (and raw payload buffers after it), return the reply.
+
+        Raises
+        ------
+        StoreUnavailable
+            The connection is closed, broken, or was inherited across ``fork``.
+        VineyardException
+            The daemon answered with an error.
+        """
+        with self._lock:
+            sock = self._usable()
+            try:
+                frames = []
+                if self._pending:
+                    frames.append(encode({"type": "release", "ids": self._drain()}))
+                frames.append(encode(message))
+                sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+                for chunk in raw or ():
+                    sock.sendall(chunk)
+                reply = self._read_reply(sock)
+            except OSError as exc:
+                self._broken(exc)
+            except StoreUnavailable:
+                self._close_socket()
+                raise
+        if reply.get("code", 0):
+            raise error_from_status(reply["code"], reply.get("message", ""))
+        return reply
+
+    def send_oneway(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            sock = self._usable()
+            try:
+                sock.sendall(encode(message))
+            except OSError as exc:
+                self._broken(exc)
+
+    def _usable(self) -> socket.socket:
+        if self._sock is None:
+            raise ConnectionErrorException(f"the connection to the vineyard daemon at {self.where} is closed")
+        if os.getpid() != self._pid:
+            raise ConnectionErrorException(
+                "this connection was inherited across fork(); call client.fork() in the child "
+                "for a connection of its own"
+            )
+        return self._sock
+
+    def _broken(self, exc: OSError) -> Any:
+        self._close_socket()
+        raise ConnectionErrorException(
+            f"lost the connection to the vineyard daemon at {self.where}: {exc.strerror or exc}"
+        ) from exc
+
+    def _recv(self, sock: socket.socket) -> bytes:
+        data = sock.recv(_RECV)
+        if not data:
+            raise ConnectionResetError(errno.ECONNRESET, "the daemon closed the connection")
+        return data
+
+    def _read_reply(self, sock: socket.socket) -> dict[str, Any]:
+        decoder = self._decoder
+        while True:
+            message = decoder.next_message()
+            if message is NEED_DATA:
+                decoder.feed(self._recv(sock))
+                continue
+            assert isinstance(message, dict)
+            if message.get("type") == "fds":
+                continue
+            if "unmap" in message:
+                self._unmap(message["unmap"])
+            return message
+
+    def _unmap(self, segments: list[int]) -> None:
+        pass
+
+    def _drain(self) -> list[int]:
+        ids = []
+        pending = self._pending
+        while pending:
+            ids.append(pending.popleft())
+        return ids
+
+    def flush_releases(self) -> None:
+        """Send queued releases now, if the connection is idle."""
+        if not self._pending or not self._lock.acquire(blocking=False):
+            return
+        try:
+            if self._sock is not None and os.getpid() == self._pid and self._pending:
+                self._sock.sendall(encode({"type": "release", "ids": self._drain()}))
+        except OSError:
+            self._close_socket()
+        finally:
+            self._lock.release()
+
+    def register(self, token: str | None = None) -> dict[str, Any]:
+        message = {"type": "register", "version": PROTOCOL_VERSION, "store_type": self.kind}
+        if token is not None:
+            message["token"] = token
+        self.info = self.request(message)
+        return self.info
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._sock is not None and os.getpid() == self._pid and self._pending:
+                try:
+                    self._sock.sendall(encode({"type": "release", "ids": self._drain()}))
+                except OSError:
+                    pass
+            self._close_socket()
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+
+def _connect_with_retry(family: int, address: Any, where: str, timeout: float) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if time.monotonic() >= deadline:
+                reason = exc.strerror or str(exc)
+                hint = ""
+                if isinstance(exc, FileNotFoundError) or exc.errno == errno.ECONNREFUSED:
+                    hint = " Is the daemon running? Start one with: python -m vineyard --socket " + (
+                        where if family == socket.AF_UNIX else "/tmp/vineyard.sock"
+                    )
+                raise ConnectionFailedException(
+                    f"Failed to connect to the vineyard daemon at {where}: {reason}.{hint}"
+                ) from None
+            time.sleep(0.05)
+
+
+class IPCTransport(_Transport):
+    """A UNIX-socket connection that maps the daemon's shared memory."""
+
+    kind = "ipc"
+
+    def __init__(self, path: str, timeout: float = 1.0) -> None:
+        super().__init__(path)
+        self._fds: collections.deque[int] = collections.deque()
+        self.segments: dict[int, mmap.mmap] = {}
+        self._zombies: list[mmap.mmap] = []
+        self._views: dict[int, weakref.ref[Any]] = {}
+        self.addresses: dict[int, tuple[int, int]] = {}  # start address -> (blob id, size)
+        self._flusher: threading.Thread | None = None
+        self._sock = _connect_with_retry(socket.AF_UNIX, path, path, timeout)
+
+    def _recv(self, sock: socket.socket) -> bytes:
+        data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC)
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                self._fds.extend(fds)
+        if not data:
+            raise ConnectionResetError(errno.ECONNRESET, "the daemon closed the connection")
+        return data
+
+    def _read_reply(self, sock: socket.socket) -> dict[str, Any]:
+        reply = super()._read_reply(sock)
+        for seg_id, size in reply.get("segments", ()):
+            fd = self._fds.popleft()
+            try:
+                self.segments[seg_id] = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+        return reply
+
+    def _unmap(self, segments: list[int]) -> None:
+        for seg_id in segments:
+            mapping = self.segments.pop(seg_id, None)
+            if mapping is not None:
+                self._zombies.append(mapping)
+        still = []
+        for mapping in self._zombies:
+            try:
+                mapping.close()
+            except BufferError:  # a view is still alive; try again later
+                still.append(mapping)
+        self._zombies = still
+
+    # -- blob views --------------------------------------------------------------------
+    def view(self, blob_id: int, segment: int, offset: int, size: int) -> memoryview:
+        """A read-only view of a blob this connection now references."""
+        ref = self._views.get(blob_id)
+        exporter = ref() if ref is not None else None
+        if exporter is None:
+            exporter = (ctypes.c_char * size).from_buffer(self.segments[segment], offset)
+            self._views[blob_id] = weakref.ref(exporter)
+            address = ctypes.addressof(exporter)
+            self.addresses[address] = (blob_id, size)
+            weakref.finalize(exporter, self._released, blob_id, address, self._views, self.addresses, self._pending)
+            self._start_flusher()
+        return memoryview(exporter).cast("B").toreadonly()
+
+    @staticmethod
+    def _released(
+        blob_id: int,
+        address: int,
+        views: dict[int, weakref.ref[Any]],
+        addresses: dict[int, tuple[int, int]],
+        pending: collections.deque[int],
+    ) -> None:
+        ref = views.get(blob_id)
+        if ref is not None and ref() is None:
+            del views[blob_id]
+        if addresses.get(address, (None,))[0] == blob_id:
+            del addresses[address]
+        pending.append(blob_id)
+
+    def writable(self, segment: int, offset: int, size: int) -> np.ndarray:
+        return np.frombuffer(self.segments[segment], dtype=np.uint8, count=size, offset=offset)
+
+    def writable_view(self, segment: int, offset: int, size: int) -> memoryview:
+        if size == 0:
+            return memoryview(bytearray(0))
+        return memoryview((ctypes.c_char * size).from_buffer(self.segments[segment], offset)).cast("B")
+
+    def queue_release(self, blob_ids: list[int]) -> None:
+        self._pending.extend(blob_ids)
+
+    def _start_flusher(self) -> None:
+        if self._flusher is not None:
+            return
+        self._flusher = threading.Thread(
+            target=_flush_loop, args=(weakref.ref(self),), name="vineyard-release", daemon=True
+        )
+        self._flusher.start()
+
+    def close(self) -> None:
+        super().close()
+        self._views.clear()
+
+
+def _flush_loop(ref: weakref.ref[IPCTransport]) -> None:
+    while True:
+        time.sleep(0.5)
+        transport = ref()
+        if transport is None or not transport.connected:
+            return
+        transport.flush_releases()
+        del transport
+
+
+class RPCTransport(_Transport):
+    """A TCP connection: blob bytes are copied over the socket."""
+
+    kind = "rpc"
+
+    def __init__(self, host: str, port: int, timeout: float = 1.0) -> None:
+        super().__init__(f"{host}:{port}")
+        sock = _connect_with_retry(socket.AF_INET if ":" not in host else socket.AF_INET6, (host, port), self.where, timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+
+    def request_download(self, message: dict[str, Any]) -> tuple[dict[str, Any], list[bytearray | None]]:
+        """Send ``message``; read its reply and the raw bytes of the blobs it lists."""
+        with self._lock:
+            sock = self._usable()
+            try:
+                frames = []
+                if self._pending:
+                    frames.append(encode({"type": "release", "ids": self._drain()}))
+                frames.append(encode(message))
+                sock.sendall(b"".join(frames))
+                reply = self._read_reply(sock)
+                if reply.get("code", 0):
+                    raise error_from_status(reply["code"], reply.get("message", ""))
+                buffers: list[bytearray | None] = []
+                for loc in reply["blobs"]:
+                    if loc is None:
+                        buffers.append(None)
+                        continue
+                    buf = bytearray(loc[3])
+                    view = memoryview(buf)
+                    got = 0
+                    pre = self._decoder.take_raw(len(buf))
+                    view[: len(pre)] = pre
+                    got = len(pre)
+                    while got < len(buf):
+                        n = sock.recv_into(view[got:])
+                        if n == 0:
+                            raise ConnectionResetError(errno.ECONNRESET, "the daemon closed the connection")
+                        got += n
+                    buffers.append(buf)
+            except OSError as exc:
+                self._broken(exc)
+        return reply, buffers
