@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +48,10 @@ class PendingBlob:
     seals them together with the metadata.
     """
 
-    __slots__ = ("nbytes", "source")
+    __slots__ = ("_reused", "nbytes", "source")
 
     def __init__(self, source: Any) -> None:
+        self._reused = False  # set by the client when an existing blob already holds the bytes
         if isinstance(source, np.ndarray):
             flat = source if source.flags.c_contiguous else np.ascontiguousarray(source)
             self.source = flat.reshape(-1).view(np.uint8) if flat.size else np.empty(0, np.uint8)
@@ -385,7 +387,12 @@ class Blob(np.ndarray):
         array = np.frombuffer(buffer, dtype=np.uint8) if len(memoryview(buffer)) else np.empty(0, np.uint8)
         blob = array.view(cls)
         blob.flags.writeable = False
-        blob._vineyard_meta = meta
+        # The blob's own metadata holds it only weakly: ``meta._buffers`` usually holds the
+        # blob, and blob -> meta -> buffers -> blob would be a cycle keeping the shared memory
+        # referenced (by this connection) until the garbage collector happens to run.
+        own: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        blob._vineyard_meta = ObjectMeta._wrap(meta._tree, meta._client, own)  # type: ignore[arg-type]
+        own[int(meta._tree.get("id", EMPTY_BLOB_ID))] = blob
         return blob
 
     @classmethod
