@@ -39,6 +39,10 @@ __all__ = ["BLOB_TYPENAME", "BlobRecord", "ObjectRecord", "ObjectStore"]
 
 BLOB_TYPENAME = "vineyard::Blob"
 _GLOBAL_INSTANCE = (1 << 64) - 1
+# keys the store itself maintains; shallow_copy's extra metadata may not override them
+_SYSTEM_KEYS = frozenset(
+    {"id", "typename", "signature", "instance_id", "transient", "nbytes", "global", "__timestamp", "__name"}
+)
 
 
 @dataclass(slots=True)
@@ -258,6 +262,11 @@ class ObjectStore:
             created.append([object_id, int(fields["signature"])])
         for blob_id in to_seal:
             self.blobs[blob_id].creator = None
+        if persist:  # existing members are published too: persist is recursive
+            for record in (self.objects[object_id] for object_id, _ in created):
+                for member in record.members.values():
+                    if not member & BLOB_BIT and self.objects[member].fields["transient"]:
+                        self.persist(member)
         return created
 
     def _plan(
@@ -363,6 +372,24 @@ class ObjectStore:
             return blob is not None and not blob.deleted and blob.creator is None
         return object_id in self.objects
 
+    def ref_counts(self, ids: list[int]) -> list[int | None]:
+        """How many connections hold each blob, or any blob of each object (``None``: no such id)."""
+        out: list[int | None] = []
+        for object_id in ids:
+            if object_id & BLOB_BIT:
+                blob = self.blobs.get(object_id)
+                out.append(None if blob is None or blob.deleted else len(blob.holders))
+            elif object_id not in self.objects:
+                out.append(None)
+            else:
+                holders: set[int] = set()
+                for blob_id in self.blob_ids(self.tree(object_id), []):
+                    blob = self.blobs.get(blob_id)
+                    if blob is not None:
+                        holders |= blob.holders
+                out.append(len(holders))
+        return out
+
     def persist(self, object_id: int) -> None:
         if object_id & BLOB_BIT:
             raise AssertionFailedException("The blobs cannot be persisted", object_id=object_id)
@@ -393,8 +420,13 @@ class ObjectStore:
         new_id = self.ids.object_id()
         fields = dict(record.fields)
         for key, value in (extra or {}).items():
-            if type(value) is dict or type(value) is list:
-                raise InvalidException(f"extra metadata {key!r} must be a plain value")
+            if type(key) is not str or key in _SYSTEM_KEYS:
+                raise InvalidException(f"extra metadata cannot set {key!r}", object_id=object_id)
+            if not isinstance(value, (str, int, float, bool, type(None))):
+                raise InvalidException(
+                    f"extra metadata {key!r} must be a plain value, not {type(value).__name__}",
+                    object_id=object_id,
+                )
             fields[key] = value
         fields["id"] = new_id
         fields["transient"] = True
@@ -458,7 +490,7 @@ class ObjectStore:
     def _delete_one(self, object_id: int, deep: bool) -> list[Action]:
         if object_id & BLOB_BIT:
             blob = self.blobs.get(object_id)
-            if blob is None or blob.deleted:
+            if blob is None or blob.deleted or object_id == EMPTY_BLOB_ID:  # shared by every object
                 return []
             if blob.creator is not None:
                 return []  # unsealed blobs belong to their writer until seal or abort
@@ -523,6 +555,9 @@ class ObjectStore:
         previous = self.names.get(name)
         if previous is not None:
             self.names_of[previous].discard(name)
+            old = self.objects.get(previous)
+            if previous != object_id and old is not None and old.fields.get("__name") == name:
+                del old.fields["__name"]  # the name moved on: the old object no longer has it
         self.names[name] = object_id
         self.names_of.setdefault(object_id, set()).add(name)
         record.fields["__name"] = name
