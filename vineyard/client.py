@@ -10,6 +10,8 @@ where each blob lives; the resolver builds arrays over the mapping without copyi
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import os
 import threading
 import warnings
@@ -22,6 +24,9 @@ from vineyard.errors import (
     ConnectionFailedException,
     InvalidException,
     ObjectNotExistsException,
+    ObjectSealedException,
+    StoreUnavailable,
+    VineyardException,
 )
 from vineyard.ids import BLOB_BIT, EMPTY_BLOB_ID, ObjectID, ObjectName
 from vineyard.meta import (
@@ -34,6 +39,7 @@ from vineyard.meta import (
     RemoteBlobBuilder,
     _blob_tree,
 )
+from vineyard.protocol import MAX_ID, MAX_SECONDS
 from vineyard.transport import IPCTransport, RPCTransport, _Transport, copy_into
 
 __all__ = ["Client", "ClientBase", "IPCClient", "InstanceStatus", "RPCClient", "connect"]
@@ -65,7 +71,7 @@ def _ids(values: Any) -> list[int]:
 
 
 def _name(name: Any) -> str:
-    if isinstance(name, ObjectName) or isinstance(name, str):
+    if isinstance(name, (ObjectName, str)):
         return str(name)
     raise TypeError(f"a name must be a str or ObjectName, not {type(name).__name__}")
 
@@ -185,7 +191,9 @@ class ClientBase:
         return f"{type(self).__name__}({self._t.kind} {self._t.where}, instance {self.instance_id})"
 
     # -- put ---------------------------------------------------------------------------
-    def put(self, value: Any, builder: Any = None, persist: bool = False, name: str | None = None, **kw: Any) -> ObjectID:
+    def put(
+        self, value: Any, builder: Any = None, persist: bool = False, name: str | None = None, **kw: Any
+    ) -> ObjectID:
         """Store ``value`` and return its id.
 
         Parameters
@@ -212,6 +220,8 @@ class ClientBase:
             return builder(self, value, **kw)  # type: ignore[no-any-return]
         from vineyard.core.builder import get_current_builders
 
+        if name is not None:
+            name = _name(name)  # a bad name fails here, before any memory is taken
         if name is not None and not persist:
             warnings.warn("The object is not persisted, the name won't be associated.", UserWarning, stacklevel=2)
             name = None
@@ -255,7 +265,11 @@ class ClientBase:
         request: dict[str, Any] = {"type": "create_data", "tree": meta._tree, "persist": persist}
         if name is not None:
             request["name"] = _name(name)
-        reply = self._t.request(request)
+        try:
+            reply = self._t.request(request)
+        except VineyardException:
+            self._discard_blobs(new_blobs)
+            raise
         created = iter(reply["created"])
         instance = reply["instance_id"]
 
@@ -278,6 +292,20 @@ class ClientBase:
             self._t.queue_release(new_blobs)  # type: ignore[attr-defined]
         return meta
 
+    def _discard_blobs(self, blob_ids: list[int]) -> None:
+        """Best effort: give back the blobs of a tree the daemon refused, so they do not
+        linger (unsealed ones are aborted, sealed ones, as RPC uploads are, deleted)."""
+        for blob_id in blob_ids:
+            try:
+                try:
+                    self._t.request({"type": "abort_buffer", "id": blob_id})
+                except ObjectSealedException:
+                    self._t.request({"type": "delete", "ids": [blob_id]})
+            except StoreUnavailable:
+                return
+            except VineyardException:
+                continue
+
     def _materialize(self, tree: dict[str, Any]) -> list[int]:
         """Turn every PendingBlob in ``tree`` into a blob (one allocation request)."""
         slots: list[tuple[dict[str, Any], str, PendingBlob]] = []
@@ -296,7 +324,10 @@ class ClientBase:
         ids = self._store_pending([p for _, _, p in slots], seal=False)
         for (node, key, pending), blob_id in zip(slots, ids, strict=True):
             node[key] = _blob_tree(blob_id, pending.nbytes, self.instance_id)
-        return [i for i, (_, _, p) in zip(ids, slots, strict=True) if i != EMPTY_BLOB_ID and not getattr(p, "_reused", False)]
+        return [
+            i for i, (_, _, p) in zip(ids, slots, strict=True)
+            if i != EMPTY_BLOB_ID and not getattr(p, "_reused", False)
+        ]
 
     def _store_blob(self, pending: PendingBlob) -> ObjectID:
         (blob_id,) = self._store_pending([pending], seal=True)
@@ -382,7 +413,17 @@ class ClientBase:
     def exists(self, object_id: Any) -> bool:
         return bool(self._t.request({"type": "exists", "id": _id(object_id)})["exists"])
 
-    def delete(self, object_id: Any, force: bool = False, deep: bool = True, memory_trim: bool = False) -> list[ObjectID]:
+    def ref_counts(self, object_ids: Any) -> list[int | None]:
+        """How many connections reference each object (read-only; not in upstream).
+
+        A blob's count is the number of connections holding it; an object's is the number
+        holding at least one of its blobs. ``None`` for an id that does not exist.
+        """
+        return list(self._t.request({"type": "ref_counts", "ids": _ids(object_ids)})["counts"])
+
+    def delete(
+        self, object_id: Any, force: bool = False, deep: bool = True, memory_trim: bool = False
+    ) -> list[ObjectID]:
         """Delete objects. Returns the ids kept because other objects still hold them.
 
         Upstream skips those silently; we return them and log a warning (``force=True``
@@ -409,11 +450,17 @@ class ClientBase:
 
     def delete_by_labels(self, labels: dict[str, Any], older_than: float | None = None) -> list[ObjectID]:
         """Delete every top-level object carrying all ``labels`` (and older than, in seconds)."""
+        if not isinstance(labels, dict):
+            raise TypeError(f"labels must be a dict, not {type(labels).__name__}")
+        if older_than is not None and (isinstance(older_than, bool) or not isinstance(older_than, numbers.Real)):
+            raise TypeError(f"older_than must be a number of seconds or None, not {type(older_than).__name__}")
         reply = self._t.request({"type": "delete_by_labels", "labels": {str(k): str(v) for k, v in labels.items()},
-                                 "older_than": older_than})
+                                 "older_than": None if older_than is None else float(older_than)})
         return [ObjectID(i) for i in reply["deleted"]]
 
-    def list_metadatas(self, pattern: str = "*", regex: bool = False, limit: int = 5, nobuffer: bool = False) -> list[ObjectMeta]:
+    def list_metadatas(
+        self, pattern: str = "*", regex: bool = False, limit: int = 5, nobuffer: bool = False
+    ) -> list[ObjectMeta]:
         reply = self._t.request({"type": "list_data", "pattern": str(pattern), "regex": bool(regex),
                                  "limit": int(limit), "nobuffer": bool(nobuffer)})
         return [ObjectMeta._wrap(tree, self, {}) for tree in reply["metas"]]
@@ -450,14 +497,21 @@ class ClientBase:
         """The id named ``name``; with ``wait=True`` block until it appears (or ``timeout`` s)."""
         request: dict[str, Any] = {"type": "get_name", "name": _name(name), "wait": bool(wait)}
         if timeout is not None:
-            request["timeout"] = float(timeout)
+            if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+                raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+            if math.isnan(timeout):
+                raise ValueError("timeout must be a number of seconds, not NaN")
+            if timeout < MAX_SECONDS:  # an infinite (or longer) timeout: no timeout
+                request["timeout"] = float(timeout)
         return ObjectID(self._t.request(request)["id"])
 
     def drop_name(self, name: Any) -> None:
         self._t.request({"type": "drop_name", "name": _name(name)})
 
     def list_names(self, pattern: str = "*", regex: bool = False, limit: int = 5) -> dict[str, ObjectID]:
-        reply = self._t.request({"type": "list_names", "pattern": str(pattern), "regex": bool(regex), "limit": int(limit)})
+        reply = self._t.request(
+            {"type": "list_names", "pattern": str(pattern), "regex": bool(regex), "limit": int(limit)}
+        )
         return {k: ObjectID(v) for k, v in reply["names"].items()}
 
     # -- spilling ----------------------------------------------------------------------
@@ -529,6 +583,10 @@ class IPCClient(ClientBase):
         return ObjectID(hit[0]) if hit is not None else None
 
     def _fetch(self, ids: list[int]) -> tuple[list[dict[str, Any]], dict[int, Any]]:
+        with self._t._lock:  # no release may slip out between the reply and the views
+            return self._fetch_locked(ids)
+
+    def _fetch_locked(self, ids: list[int]) -> tuple[list[dict[str, Any]], dict[int, Any]]:
         reply = self._t.request({"type": "get_data", "ids": ids})
         trees = reply["metas"]
         buffers: dict[int, Any] = {}
@@ -550,7 +608,7 @@ class IPCClient(ClientBase):
         """Allocate unsealed blob(s): write into the returned BlobBuilder, then ``seal``."""
         sizes = list(size) if isinstance(size, (list, tuple)) else [size]
         for s in sizes:
-            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s <= MAX_ID:
                 raise ValueError(f"a blob size must be a non-negative integer, not {s!r}")
         reply = self._t.request({"type": "create_buffers", "sizes": [int(s) for s in sizes]})
         builders = []
@@ -585,17 +643,18 @@ class IPCClient(ClientBase):
         for i in ids:
             if not i & BLOB_BIT:
                 raise InvalidException(f"{ObjectID(i)!r} is not a blob id")
-        reply = self._t.request({"type": "get_buffers", "ids": ids, "unsafe": bool(unsafe)})
         out: list[Blob | None] = []
-        for loc in reply["blobs"]:
-            if loc is None:
-                out.append(None)
-                continue
-            blob_id, seg, off, size = loc
-            meta = ObjectMeta._wrap(_blob_tree(blob_id, size, self.instance_id), self, {})
-            blob = Blob._make(self._t.view(blob_id, seg, off, size) if size else b"", meta)
-            meta._buffers[blob_id] = blob
-            out.append(blob)
+        with self._t._lock:  # no release may slip out between the reply and the views
+            reply = self._t.request({"type": "get_buffers", "ids": ids, "unsafe": bool(unsafe)})
+            for loc in reply["blobs"]:
+                if loc is None:
+                    out.append(None)
+                    continue
+                blob_id, seg, off, size = loc
+                meta = ObjectMeta._wrap(_blob_tree(blob_id, size, self.instance_id), self, {})
+                blob = Blob._make(self._t.view(blob_id, seg, off, size) if size else b"", meta)
+                meta._buffers[blob_id] = blob
+                out.append(blob)
         return out
 
 
@@ -627,18 +686,22 @@ class RPCClient(ClientBase):
         buffers: dict[int, Any] = {}
         wanted = [i for i in nodes if i != EMPTY_BLOB_ID]
         if wanted:
-            got, data = self._t.request_download({"type": "get_remote_buffers", "ids": wanted})
+            _, data = self._t.request_download({"type": "get_remote_buffers", "ids": wanted})
             for blob_id, buf in zip(wanted, data, strict=True):
                 if buf is None:
                     raise ObjectNotExistsException(f"blob {ObjectID(blob_id)!r} is gone")
-                buffers[blob_id] = Blob._make(memoryview(buf).toreadonly(), ObjectMeta._wrap(nodes[blob_id], self, buffers))
+                meta = ObjectMeta._wrap(nodes[blob_id], self, buffers)
+                buffers[blob_id] = Blob._make(memoryview(buf).toreadonly(), meta)
         return trees, buffers
 
     def create_remote_blob(self, builder: Any) -> Any:
         builders = list(builder) if isinstance(builder, (list, tuple)) else [builder]
         pendings = [PendingBlob(b.buffer if isinstance(b, RemoteBlobBuilder) else b) for b in builders]
         ids = self._store_pending(pendings, seal=True)
-        metas = [ObjectMeta._wrap(_blob_tree(i, p.nbytes, self.instance_id), self, {}) for i, p in zip(ids, pendings, strict=True)]
+        metas = [
+            ObjectMeta._wrap(_blob_tree(i, p.nbytes, self.instance_id), self, {})
+            for i, p in zip(ids, pendings, strict=True)
+        ]
         return metas if isinstance(builder, (list, tuple)) else metas[0]
 
     def get_remote_blob(self, object_id: Any, unsafe: bool = False) -> Blob:
@@ -821,6 +884,9 @@ class Client(IPCClient, RPCClient):
         return self
 
 
+_SITE_CONFIGS = ("/var/run/vineyard-config.yaml", "/var/run/vineyard/vineyard-config.yaml")
+
+
 def connect(*args: Any, **kwargs: Any) -> Client:
     """Connect to a daemon: ``connect(socket_path)``, ``connect(host, port)``, ``connect()``.
 
@@ -835,7 +901,7 @@ def connect(*args: Any, **kwargs: Any) -> Client:
     """
     if not args and not kwargs and not any(
         os.environ.get(v) for v in ("VINEYARD_IPC_SOCKET", "VINEYARD_RPC_ENDPOINT", "VINEYARD_CONFIG")
-    ) and not any(os.path.exists(p) for p in ("/var/run/vineyard-config.yaml", "/var/run/vineyard/vineyard-config.yaml")):
+    ) and not any(os.path.exists(p) for p in _SITE_CONFIGS):
         from vineyard.deploy.local import try_init
 
         log.info("No vineyard socket or endpoint is specified, try to launch a standalone one.")

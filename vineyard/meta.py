@@ -205,9 +205,7 @@ class ObjectMeta:
         return self[key] if key in self._tree else default
 
     def __setitem__(self, key: str, value: Any) -> None:
-        if isinstance(value, (ObjectMeta, Object, PendingBlob, BlobBuilder, ObjectID)) or (
-            isinstance(value, Blob)
-        ):
+        if isinstance(value, (ObjectMeta, Object, PendingBlob, BlobBuilder, ObjectID, Blob)):
             self.add_member(key, value, replace=True)
             return
         self._tree[str(key)] = _plain(value)
@@ -273,7 +271,9 @@ class ObjectMeta:
     def _json(self) -> Any:
         def clean(node: Any) -> Any:
             if type(node) is dict:
-                return {k: (repr(ObjectID(v)) if k == "id" and isinstance(v, int) else clean(v)) for k, v in node.items()}
+                return {
+                    k: (repr(ObjectID(v)) if k == "id" and isinstance(v, int) else clean(v)) for k, v in node.items()
+                }
             if isinstance(node, PendingBlob):
                 return repr(node)
             return node
@@ -292,7 +292,9 @@ class ObjectMeta:
     def __setstate__(self, state: dict[str, Any]) -> None:
         def restore(node: Any) -> Any:
             if type(node) is dict:
-                return {k: (int(ObjectID(v)) if k == "id" and isinstance(v, str) else restore(v)) for k, v in node.items()}
+                return {
+                    k: (int(ObjectID(v)) if k == "id" and isinstance(v, str) else restore(v)) for k, v in node.items()
+                }
             return node
 
         self._tree = restore(state["tree"])

@@ -25,6 +25,7 @@ __all__ = [
     "HEADER",
     "MAX_DEPTH",
     "MAX_FRAME",
+    "MAX_NESTING",
     "NEED_DATA",
     "ONEWAY",
     "PROTOCOL_VERSION",
@@ -41,7 +42,10 @@ PROTOCOL_VERSION: Final = 1
 HEADER: Final = struct.Struct("<Q")
 MAX_FRAME: Final = 256 << 20
 MAX_DEPTH: Final = 64
+#: Containers a frame may nest: a request or reply wraps a metadata tree in a few levels.
+MAX_NESTING: Final = MAX_DEPTH + 8
 MAX_ID: Final = (1 << 64) - 1
+MAX_SECONDS: Final = 10 * 365 * 86400  # longest timeout a request may ask for
 
 
 class _NeedData:
@@ -126,6 +130,8 @@ class FrameDecoder:
             raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
         if not isinstance(message, dict):
             raise RemoteProtocolError(f"a frame must hold a map, not {type(message).__name__}")
+        if _too_deep(message, MAX_NESTING):
+            raise RemoteProtocolError(f"a frame nested deeper than {MAX_NESTING} levels")
         return message
 
     def take_raw(self, limit: int) -> bytes:
@@ -143,6 +149,19 @@ class FrameDecoder:
         elif end > (1 << 20):
             del self._buf[:end]
             self._pos = 0
+
+
+def _too_deep(message: dict[str, Any], limit: int) -> bool:
+    """Whether maps and arrays nest more than ``limit`` levels (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(message, 1)]
+    while stack:
+        node, depth = stack.pop()
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,6 +196,11 @@ def _num(value: Any) -> bool:
 
 def _opt_num(value: Any) -> bool:
     return value is None or type(value) in (int, float)
+
+
+def _opt_seconds(value: Any) -> bool:
+    """None or a finite duration: an infinite or NaN timeout would break the daemon's timers."""
+    return value is None or (type(value) in (int, float) and -MAX_SECONDS <= value <= MAX_SECONDS)
 
 
 def _uints(value: Any) -> bool:
@@ -241,13 +265,14 @@ REQUESTS: Final[dict[str, Spec]] = {
     },
     "persist": {"id": (_uint, _REQUIRED)},
     "exists": {"id": (_uint, _REQUIRED)},
+    "ref_counts": {"ids": (_uints, _REQUIRED)},
     "shallow_copy": {"id": (_uint, _REQUIRED), "extra": (_map, None)},
     "label": {"id": (_uint, _REQUIRED), "labels": (_map, _REQUIRED)},
     "put_name": {"id": (_uint, _REQUIRED), "name": (_str, _REQUIRED)},
     "get_name": {
         "name": (_str, _REQUIRED),
         "wait": (_bool, False),
-        "timeout": (_opt_num, None),
+        "timeout": (_opt_seconds, None),
     },
     "drop_name": {"name": (_str, _REQUIRED)},
     "list_names": {
@@ -257,7 +282,7 @@ REQUESTS: Final[dict[str, Spec]] = {
     },
     "release": {"ids": (_uints, _REQUIRED)},
     "clear": {},
-    "delete_by_labels": {"labels": (_map, _REQUIRED), "older_than": (_opt_num, None)},
+    "delete_by_labels": {"labels": (_map, _REQUIRED), "older_than": (_opt_seconds, None)},
     "evict": {"ids": (_uints, _REQUIRED)},
     "load": {"ids": (_uints, _REQUIRED), "pin": (_bool, False)},
     "unpin": {"ids": (_uints, _REQUIRED)},

@@ -11,6 +11,7 @@ Importable by adapters and third parties::
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,7 @@ class Daemon:
         self.cmd += ["--rpc", "--rpc-port", "0"] if rpc else ["--norpc"]
         self.cmd += list(args or [])
         self._log = open(os.path.join(self._tmp, "daemon.log"), "w+b")  # noqa: SIM115
+        self._final_log: str | None = None
         self.proc = subprocess.Popen(
             self.cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -65,6 +67,9 @@ class Daemon:
 
     @property
     def log(self) -> str:
+        """Everything the daemon printed (kept after it stops and its files are gone)."""
+        if self._final_log is not None:
+            return self._final_log
         self._log.flush()
         with open(self._log.name, "rb") as f:
             return f.read().decode(errors="replace")
@@ -79,11 +84,14 @@ class Daemon:
             probe = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
             try:
                 probe.connect(self.socket)
-                return
+                # the socket listens a moment before the daemon says so: wait for its words
+                if " listening on " in self.log:
+                    return
             except OSError:
-                time.sleep(0.02)
+                pass
             finally:
                 probe.close()
+            time.sleep(0.02)
         self.kill()
         raise RuntimeError(f"the daemon did not listen on {self.socket} within {timeout} s: {self.log}")
 
@@ -105,8 +113,11 @@ class Daemon:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        if not self._log.closed:
+        """Keep the log in memory, then remove the private directory (log, stale socket)."""
+        if self._final_log is None:
+            self._final_log = self.log
             self._log.close()
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> Daemon:
         return self
@@ -146,7 +157,8 @@ def _default_check(expected: Any, actual: Any) -> None:
         if hasattr(expected, "type"):
             assert actual.type == expected.type
     elif isinstance(expected, np.ndarray):
-        assert actual.dtype == expected.dtype and actual.shape == expected.shape
+        assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+        assert actual.shape == expected.shape, (actual.shape, expected.shape)
         np.testing.assert_array_equal(actual, expected)
     else:
         assert actual == expected, f"{actual!r} != {expected!r}"

@@ -30,6 +30,7 @@ from vineyard.errors import (
     ConnectionErrorException,
     ConnectionFailedException,
     StoreUnavailable,
+    VineyardException,
     error_from_status,
 )
 from vineyard.protocol import NEED_DATA, PROTOCOL_VERSION, FrameDecoder, encode
@@ -130,10 +131,31 @@ class _Transport:
         return self._sock
 
     def _broken(self, exc: OSError) -> Any:
+        said = self._last_word()
         self._close_socket()
+        if said is not None:
+            raise said from exc
         raise ConnectionErrorException(
             f"lost the connection to the vineyard daemon at {self.where}: {exc.strerror or exc}"
         ) from exc
+
+    def _last_word(self) -> VineyardException | None:
+        """The error the daemon sent just before it hung up (e.g. refusing this user), if any:
+        a send that fails on a closed connection must not hide the daemon's reason."""
+        sock = self._sock
+        if sock is None:
+            return None
+        try:
+            sock.setblocking(False)
+            for _ in range(64):
+                message = self._decoder.next_message()
+                if message is NEED_DATA:
+                    self._decoder.feed(self._recv(sock))
+                elif isinstance(message, dict) and message.get("code"):
+                    return error_from_status(int(message["code"]), str(message.get("message", "")))
+        except (OSError, ValueError, TypeError, VineyardException):  # nothing (more) to read
+            pass
+        return None
 
     def _recv(self, sock: socket.socket) -> bytes:
         data = sock.recv(_RECV)
@@ -149,10 +171,10 @@ class _Transport:
                 decoder.feed(self._recv(sock))
                 continue
             assert isinstance(message, dict)
+            if "unmap" in message:  # may ride on a descriptor-only frame too
+                self._unmap(message["unmap"])
             if message.get("type") == "fds":
                 continue
-            if "unmap" in message:
-                self._unmap(message["unmap"])
             return message
 
     def _unmap(self, segments: list[int]) -> None:
@@ -237,7 +259,6 @@ class IPCTransport(_Transport):
         super().__init__(path)
         self._fds: collections.deque[int] = collections.deque()
         self.segments: dict[int, mmap.mmap] = {}
-        self._zombies: list[mmap.mmap] = []
         self._views: dict[int, weakref.ref[Any]] = {}
         self.addresses: dict[int, tuple[int, int]] = {}  # start address -> (blob id, size)
         self._flusher: threading.Thread | None = None
@@ -266,23 +287,24 @@ class IPCTransport(_Transport):
 
     def _unmap(self, segments: list[int]) -> None:
         for seg_id in segments:
-            mapping = self.segments.pop(seg_id, None)
-            if mapping is not None:
-                self._zombies.append(mapping)
-        still = []
-        for mapping in self._zombies:
-            try:
-                mapping.close()
-            except BufferError:  # a view is still alive; try again later
-                still.append(mapping)
-        self._zombies = still
+            _release_mapping(self.segments.pop(seg_id, None))
 
     # -- blob views --------------------------------------------------------------------
     def view(self, blob_id: int, segment: int, offset: int, size: int) -> memoryview:
-        """A read-only view of a blob this connection now references."""
+        """A read-only view of a blob this connection now references.
+
+        Call it under ``self._lock`` together with the request that took the reference, so
+        that the background flusher sends no release of the blob in between.
+        """
         ref = self._views.get(blob_id)
         exporter = ref() if ref is not None else None
         if exporter is None:
+            # An earlier view of this blob may have died after the request went out; its
+            # queued release would drop the reference the new view stands on.
+            try:
+                self._pending.remove(blob_id)
+            except ValueError:
+                pass
             exporter = (ctypes.c_char * size).from_buffer(self.segments[segment], offset)
             self._views[blob_id] = weakref.ref(exporter)
             address = ctypes.addressof(exporter)
@@ -300,7 +322,9 @@ class IPCTransport(_Transport):
         pending: collections.deque[int],
     ) -> None:
         ref = views.get(blob_id)
-        if ref is not None and ref() is None:
+        if ref is not None and ref() is not None:
+            return  # a newer view of the blob holds the reference now
+        if ref is not None:
             del views[blob_id]
         if addresses.get(address, (None,))[0] == blob_id:
             del addresses[address]
@@ -328,6 +352,20 @@ class IPCTransport(_Transport):
     def close(self) -> None:
         super().close()
         self._views.clear()
+        for mapping in self.segments.values():
+            _release_mapping(mapping)
+        self.segments.clear()
+
+
+def _release_mapping(mapping: mmap.mmap | None) -> None:
+    """Unmap now if no view uses the mapping; otherwise its last view unmaps it (each view
+    keeps the mmap object alive, and a dead mmap unmaps and closes its descriptor)."""
+    if mapping is None:
+        return
+    try:
+        mapping.close()
+    except BufferError:
+        pass
 
 
 def _flush_loop(ref: weakref.ref[IPCTransport]) -> None:
@@ -347,7 +385,8 @@ class RPCTransport(_Transport):
 
     def __init__(self, host: str, port: int, timeout: float = 1.0) -> None:
         super().__init__(f"{host}:{port}")
-        sock = _connect_with_retry(socket.AF_INET if ":" not in host else socket.AF_INET6, (host, port), self.where, timeout)
+        family = socket.AF_INET if ":" not in host else socket.AF_INET6
+        sock = _connect_with_retry(family, (host, port), self.where, timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
 

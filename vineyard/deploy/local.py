@@ -15,17 +15,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 __all__ = ["get_current_socket", "shutdown", "start_vineyardd", "try_init"]
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], path: str, timeout: float) -> None:
+def _wait_ready(proc: subprocess.Popen[bytes], path: str, timeout: float, log: IO[bytes]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            log.seek(0)
+            err = log.read().decode(errors="replace")
             raise RuntimeError(f"vineyardd exited unexpectedly with code {code}, error is: {err.strip()}")
         probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
@@ -70,9 +71,11 @@ def start_vineyardd(
     if debug:
         cmd += ["--log-level", "DEBUG"]
     cmd += list(extra_args or [])
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # the daemon's log goes to a file: a pipe nobody reads would block it once full
+    log = tempfile.TemporaryFile(prefix="vineyardd-", suffix=".log")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(proc, socket, timeout)
+        _wait_ready(proc, socket, timeout, log)
         endpoint = None
         if rpc:
             import vineyard
@@ -88,8 +91,7 @@ def start_vineyardd(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        log.close()
         if tmpdir is not None:
             with contextlib.suppress(OSError):
                 os.rmdir(tmpdir)

@@ -166,13 +166,15 @@ class Allocator:
         reuse = None
         for seg_id in self._cache:
             seg = self._dedicated.get(seg_id)
-            if seg is not None and charged <= seg.size <= charged + max(charged // 4, 1 << 20):
-                if reuse is None or seg.size < reuse.size:
-                    reuse = seg
+            if seg is None or not charged <= seg.size <= charged + max(charged // 4, 1 << 20):
+                continue
+            if reuse is None or seg.size < reuse.size:
+                reuse = seg
         if reuse is not None:
             self._uncache(reuse.id)
             reuse.busy = True
             self.used += reuse.size
+            actions.extend(self._trim_cache(self.cache_limit))
             return Allocation(reuse.id, 0, reuse.size), actions
         seg = _Dedicated(self._new_segment_id(), charged)
         self._dedicated[seg.id] = seg
@@ -200,6 +202,8 @@ class Allocator:
         arena.used += charged
         arena.hwm = max(arena.hwm, start + charged)
         self.used += charged
+        # memory kept for reuse must make way: resident memory stays within the limit
+        actions.extend(self._trim_cache(self.cache_limit))
         return Allocation(seg_id, start, charged), actions
 
     # -- release -----------------------------------------------------------------------

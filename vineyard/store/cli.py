@@ -66,6 +66,28 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _cache_arg(text: str) -> int:
+    """Like ``--size``, but 0 is allowed: keep no freed memory for reuse."""
+    if text.strip() in ("0", "0.0"):
+        return 0
+    return _size_arg(text)
+
+
+def _port_arg(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port must be between 0 and 65535, not {port}")
+    return port
+
+
+def _reason(exc: OSError) -> str:
+    """Why a system call failed, for a person (some OSErrors carry no strerror)."""
+    return exc.strerror or str(exc)
+
+
 def _mode_arg(text: str) -> int:
     try:
         mode = int(text, 8)
@@ -86,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shared-memory limit, e.g. 256Mi, 4G, 1.5Gi (default: half of memory)")
     p.add_argument("--rpc", dest="rpc", action="store_true", default=True, help="serve RPC over TCP (default)")
     p.add_argument("--norpc", "--no-rpc", dest="rpc", action="store_false", help="do not serve RPC")
-    p.add_argument("--rpc-port", "--rpc_socket_port", dest="rpc_port", type=int, default=9600,
+    p.add_argument("--rpc-port", "--rpc_socket_port", dest="rpc_port", type=_port_arg, default=9600,
                    help="RPC port (default 9600; 0 picks a free one)")
     p.add_argument("--rpc-host", "--rpc_host", dest="rpc_host", default="127.0.0.1",
                    help="address the RPC server binds (default 127.0.0.1)")
@@ -99,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this user (name or uid) may connect; repeatable")
     p.add_argument("--allow-group", "--allow_group", dest="allow_groups", action="append", default=[],
                    help="members of this group (name or gid) may connect; repeatable")
-    p.add_argument("--reuse-cache", "--reuse_cache", dest="reuse_cache", type=_size_arg, default=None,
+    p.add_argument("--reuse-cache", "--reuse_cache", dest="reuse_cache", type=_cache_arg, default=None,
                    help="freed memory kept resident for reuse (default: a quarter of --size, at most 256Mi)")
     p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"])
@@ -140,14 +162,14 @@ def open_ipc_socket(path: str, mode: int) -> socket.socket:
     except OSError as exc:
         raise StartupError(
             f"Cannot create the directory '{parent}' for the IPC socket '{path}': "
-            f"{exc.strerror}. {hint}"
+            f"{_reason(exc)}. {hint}"
         ) from None
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         st = None
     except OSError as exc:
-        raise StartupError(f"Cannot inspect the IPC socket path '{path}': {exc.strerror}. {hint}") from None
+        raise StartupError(f"Cannot inspect the IPC socket path '{path}': {_reason(exc)}. {hint}") from None
     if st is not None:
         if not stat.S_ISSOCK(st.st_mode):
             raise StartupError(f"'{path}' exists and is not a socket; refusing to replace it. {hint}")
@@ -160,7 +182,7 @@ def open_ipc_socket(path: str, mode: int) -> socket.socket:
                 os.unlink(path)  # stale socket of a daemon that is gone
             except OSError as exc:
                 raise StartupError(
-                    f"Permission error when removing the stale IPC socket '{path}': {exc.strerror}. {hint}"
+                    f"Permission error when removing the stale IPC socket '{path}': {_reason(exc)}. {hint}"
                 ) from None
         else:
             raise StartupError(
@@ -176,7 +198,7 @@ def open_ipc_socket(path: str, mode: int) -> socket.socket:
         os.chmod(path, mode)
     except OSError as exc:
         sock.close()
-        raise StartupError(f"Cannot create the IPC socket '{path}': {exc.strerror}. {hint}") from None
+        raise StartupError(f"Cannot create the IPC socket '{path}': {_reason(exc)}. {hint}") from None
     finally:
         os.umask(old_umask)
     sock.listen(512)
@@ -196,7 +218,7 @@ def open_rpc_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise StartupError(
-            f"Cannot listen for RPC on {host}:{port}: {exc.strerror}. "
+            f"Cannot listen for RPC on {host}:{port}: {_reason(exc)}. "
             "Pick another port with --rpc-port (0 for any free one) or disable RPC with --norpc."
         ) from None
     sock.listen(128)

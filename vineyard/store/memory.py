@@ -48,8 +48,11 @@ class Segment:
         except (OSError, AttributeError, ValueError) as exc:  # old kernels, odd filesystems
             log.debug("could not release pages of segment %d: %s", self.id, exc)
 
-    def close(self) -> None:
-        self.punch(0, self.size)
+    def close(self, release: bool = True) -> None:
+        """Unmap and close; with ``release`` the pages go back to the OS at once, even
+        where clients still map the segment (only for memory no reader holds)."""
+        if release:
+            self.punch(0, self.size)
         self.map.close()
         os.close(self.fd)
 
@@ -87,9 +90,11 @@ class SegmentTable:
         return memoryview(self.segments[segment].map)[offset : offset + size]
 
     def close_all(self) -> None:
+        """At shutdown: close every segment without punching, so that clients still mapping
+        one keep their data; the kernel frees the pages when the last mapping goes."""
         for seg in self.segments.values():
             try:
-                seg.close()
+                seg.close(release=False)
             except (OSError, BufferError) as exc:
                 log.debug("closing segment %d: %s", seg.id, exc)
         self.segments.clear()

@@ -297,7 +297,7 @@ class ObjectStore:
             raise AssertionFailedException("blobs cannot be created as metadata")
         plan.append(node)
         is_global = bool(node.get("global"))
-        for key, value in node.items():
+        for value in node.values():
             if type(value) is dict:
                 if is_global and "id" not in value and value.get("global"):
                     raise GlobalObjectInvalidException("Global object cannot have nested structure")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import hmac
 import logging
 import os
 import selectors
@@ -24,10 +25,12 @@ from typing import Any
 
 from vineyard._version import __version__
 from vineyard.errors import (
+    ConnectionFailedException,
     InvalidException,
     ObjectNotExistsException,
     ProtocolError,
     RemoteProtocolError,
+    StatusCode,
     VineyardException,
 )
 from vineyard.protocol import (
@@ -52,6 +55,7 @@ log = logging.getLogger("vineyard.store")
 _RECV = 1 << 18
 _DEFER = object()
 _FDS_PER_MESSAGE = 200  # well under the kernel's SCM_MAX_FD (253)
+_SCRATCH = memoryview(bytearray(1 << 20))  # where the bytes of a refused RPC upload go
 
 
 @dataclass(slots=True)
@@ -79,8 +83,9 @@ class Connection:
         "kind",
         "out",
         "peer",
-        "raw_targets",
+        "raw_discard",
         "raw_reply",
+        "raw_targets",
         "registered",
         "sent_segments",
         "sock",
@@ -101,6 +106,7 @@ class Connection:
         self.waiting = False  # a deferred reply is outstanding: read nothing more
         self.closing = False
         self.raw_targets: list[memoryview] = []  # RPC upload: where incoming bytes go
+        self.raw_discard = 0  # bytes of a failed upload still to skip after raw_targets
         self.raw_reply: dict[str, Any] | None = None
         self.after_flush: list[int] = []  # blobs held only while being sent over RPC
 
@@ -141,6 +147,7 @@ class Server:
             "delete": self._delete,
             "persist": self._persist,
             "exists": lambda conn, req: ok(exists=self.store.exists(req["id"])),
+            "ref_counts": lambda conn, req: ok(counts=self.store.ref_counts(req["ids"])),
             "shallow_copy": self._shallow_copy,
             "label": self._label,
             "put_name": self._put_name,
@@ -176,15 +183,19 @@ class Server:
         while not self._stopping:
             timeout = None
             if self._timers:
-                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+                timeout = min(3600.0, max(0.0, self._timers[0][0] - time.monotonic()))
             for key, events in self.selector.select(timeout):
                 what, arg = key.data
                 if what == "conn":
                     conn = arg
-                    if events & selectors.EVENT_WRITE:
-                        self._flush(conn)
-                    if events & selectors.EVENT_READ and conn.id in self.conns:
-                        self._on_readable(conn)
+                    try:
+                        if events & selectors.EVENT_WRITE:
+                            self._flush(conn)
+                        if events & selectors.EVENT_READ and conn.id in self.conns:
+                            self._on_readable(conn)
+                    except Exception:  # a bug met by one connection must not stop the daemon
+                        log.exception("internal error on a connection; dropping it")
+                        self._close(conn)
                 elif what == "accept":
                     self._accept(key.fileobj, arg)  # type: ignore[arg-type]
                 else:
@@ -246,9 +257,17 @@ class Server:
         except OSError:
             return False
         pid, uid, gid = (int.from_bytes(creds[i : i + 4], "little") for i in (0, 4, 8))
-        allowed = (uids is not None and uid in uids) or (gids is not None and gid in gids)
+        allowed = (uids is not None and uid in uids) or (gids is not None and not gids.isdisjoint(_groups(pid, gid)))
         if not allowed:
             log.warning("refused a client (pid %d, uid %d, gid %d): not in the allow-list", pid, uid, gid)
+            # say why before closing, so the client reports a refusal rather than a lost connection
+            reason = (f"the vineyard daemon refused the connection: uid {uid} (gid {gid}) is not in "
+                      "its allow-list (--allow-user / --allow-group)")
+            try:
+                sock.setblocking(False)
+                sock.send(encode(error_reply(StatusCode.CONNECTION_FAILED, reason)))
+            except OSError:
+                pass
         return allowed
 
     def _close(self, conn: Connection) -> None:
@@ -384,7 +403,9 @@ class Server:
                     conn.sent_segments.discard(segment)
                     conn.unmap.append(segment)
 
-    def _locations(self, conn: Connection, blobs: list[BlobRecord | None]) -> tuple[list[Any], list[list[int]], list[int]]:
+    def _locations(
+        self, conn: Connection, blobs: list[BlobRecord | None]
+    ) -> tuple[list[Any], list[list[int]], list[int]]:
         """Where each blob lives, plus segments (and their fds) this client has not seen."""
         locs: list[Any] = []
         new_segments: list[list[int]] = []
@@ -420,9 +441,16 @@ class Server:
 
     # -- handlers ----------------------------------------------------------------------
     def _register(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        if conn.kind == "rpc" and self.config.token is not None and req["token"] != self.config.token:
+        expected, token = self.config.token, req["token"]
+        if conn.kind == "rpc" and expected is not None and (
+            token is None or not hmac.compare_digest(token.encode(), expected.encode())
+        ):
             conn.closing = True
-            raise InvalidException("RPC access denied: a wrong or missing token")
+            log.warning("refused an RPC client from %s: %s token", conn.peer, "no" if token is None else "a wrong")
+            raise ConnectionFailedException(
+                "the vineyard daemon refused the RPC connection: a wrong or missing token "
+                "(pass token= to connect() or set VINEYARD_RPC_TOKEN)"
+            )
         if req["store_type"] == "ipc" and conn.kind != "ipc":
             raise InvalidException("an IPC client must connect through the UNIX socket")
         conn.registered = True
@@ -468,7 +496,17 @@ class Server:
         return self._reply_with_blobs(conn, ok(), list(blobs))
 
     def _create_remote_buffers(self, conn: Connection, req: dict[str, Any]) -> Any:
-        blobs, actions = self.store.create_blobs(conn.id, req["sizes"])
+        try:
+            blobs, actions = self.store.create_blobs(conn.id, req["sizes"])
+        except VineyardException as exc:
+            # The bytes follow the request unasked: skip them, then answer with the error.
+            # Read as frames, they would break the connection, or worse, parse as requests.
+            conn.raw_reply = error_reply(exc.code, exc.message)
+            conn.raw_discard = sum(req["sizes"])
+            self._next_discard(conn)
+            if not conn.raw_targets:
+                self._finish_upload(conn)
+            return _DEFER
         self._apply(actions)
         conn.raw_targets = [
             self.memory.view(b.alloc.segment, b.alloc.offset, b.size)
@@ -513,14 +551,25 @@ class Server:
             conn.raw_targets[0] = target[n:]
             return
         conn.raw_targets.pop(0)
+        self._next_discard(conn)
         if not conn.raw_targets:
             self._finish_upload(conn)
+
+    def _next_discard(self, conn: Connection) -> None:
+        if conn.raw_discard and not conn.raw_targets:
+            n = min(conn.raw_discard, len(_SCRATCH))
+            conn.raw_discard -= n
+            conn.raw_targets.append(_SCRATCH[:n])
 
     def _finish_upload(self, conn: Connection) -> None:
         """All bytes of an RPC upload arrived: seal its blobs and answer."""
         reply, conn.raw_reply = conn.raw_reply, None
         if reply is not None:
-            self.store.seal(conn.id, reply.pop("_seal"))
+            sealed = reply.pop("_seal", [])
+            self.store.seal(conn.id, sealed)
+            # an RPC client maps nothing, so it holds nothing: otherwise every blob it ever
+            # uploaded would stay in memory until it disconnects, deleted or not
+            self._apply(self.store.release(conn.id, sealed))
             self._send(conn, reply)
 
     def _seal(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
@@ -663,6 +712,20 @@ class Server:
 
     def _not_spilling(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
         raise InvalidException("spilling is disabled: start the daemon with --spill-path")
+
+
+def _groups(pid: int, gid: int) -> set[int]:
+    """A peer's primary and supplementary groups (``/proc``; just the primary if unreadable)."""
+    groups = {gid}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    groups.update(int(g) for g in line.split()[1:])
+                    break
+    except (OSError, ValueError):
+        pass
+    return groups
 
 
 def _pack_fds(fds: list[int]) -> bytes:
