@@ -308,7 +308,7 @@ def test_every_kind_validates_its_required_fields(kind: str) -> None:
 
 
 def _sample(check: object) -> object:
-    for candidate in (1, [1], "s", {"k": "v"}, True, 1.5):
+    for candidate in (1, [1], "s", {"k": "v"}, True, 1.5, [b"bytes"]):
         if check(candidate):  # type: ignore[operator]
             return candidate
     raise AssertionError(f"no sample value passes {check}")
@@ -681,3 +681,12 @@ def test_random_requests_never_hit_an_internal_error(victim, data: st.DataObject
             raw.close()
         _still_serving(victim.socket)
     assert victim.proc.poll() is None
+
+
+def test_release_ids_ride_along_only_when_well_formed() -> None:
+    from vineyard.protocol import release_ids
+
+    assert release_ids({"type": "status", "release": [1, 2]}) == [1, 2]
+    assert release_ids({"type": "status"}) is None
+    assert release_ids({"type": "status", "release": ["x"]}) is None
+    assert release_ids({"type": "status", "release": [-1]}) is None

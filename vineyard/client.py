@@ -39,12 +39,15 @@ from vineyard.meta import (
     RemoteBlobBuilder,
     _blob_tree,
 )
-from vineyard.protocol import MAX_ID, MAX_SECONDS
+from vineyard.protocol import MAX_DEPTH, MAX_ID, MAX_SECONDS
 from vineyard.transport import IPCTransport, RPCTransport, _Transport, copy_into
 
 __all__ = ["Client", "ClientBase", "IPCClient", "InstanceStatus", "RPCClient", "connect"]
 
 log = logging.getLogger(__name__)
+
+#: New blobs of a put up to this many bytes in all travel inside the create request.
+INLINE_LIMIT = 64 << 10
 
 
 def _id(value: Any) -> int:
@@ -68,6 +71,19 @@ def _ids(values: Any) -> list[int]:
     if isinstance(values, (list, tuple, set)):
         return [_id(v) for v in values]
     return [_id(values)]
+
+
+def _too_deep(tree: dict[str, Any], limit: int) -> bool:
+    """Whether member maps nest more than ``limit`` levels below ``tree``."""
+    stack = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        for value in node.values():
+            if type(value) is dict:
+                if depth >= limit:
+                    return True
+                stack.append((value, depth + 1))
+    return False
 
 
 def _name(name: Any) -> str:
@@ -261,15 +277,25 @@ class ClientBase:
             from vineyard.errors import MetaTreeInvalidException
 
             raise MetaTreeInvalidException("metadata needs a 'typename' before it can be created")
-        new_blobs = self._materialize(meta._tree)
+        if _too_deep(meta._tree, MAX_DEPTH):  # the daemon would refuse it, or drop the connection
+            from vineyard.errors import MetaTreeInvalidException
+
+            raise MetaTreeInvalidException(f"metadata tree nested deeper than {MAX_DEPTH} levels")
+        new_blobs, inline, inline_slots = self._materialize(meta._tree)
         request: dict[str, Any] = {"type": "create_data", "tree": meta._tree, "persist": persist}
         if name is not None:
             request["name"] = _name(name)
+        if inline:
+            request["inline"] = inline
         try:
             reply = self._t.request(request)
         except VineyardException:
             self._discard_blobs(new_blobs)
+            for node, key, _ in inline_slots:
+                del node[key]  # the tree must not keep placeholders of blobs never made
             raise
+        for (node, key, size), blob_id in zip(inline_slots, reply.get("inlined", ()), strict=True):
+            node[key] = _blob_tree(blob_id, size, reply["instance_id"])
         created = iter(reply["created"])
         instance = reply["instance_id"]
 
@@ -306,8 +332,15 @@ class ClientBase:
             except VineyardException:
                 continue
 
-    def _materialize(self, tree: dict[str, Any]) -> list[int]:
-        """Turn every PendingBlob in ``tree`` into a blob (one allocation request)."""
+    def _materialize(
+        self, tree: dict[str, Any]
+    ) -> tuple[list[int], list[bytes], list[tuple[dict[str, Any], str, int]]]:
+        """Turn every PendingBlob in ``tree`` into a blob.
+
+        Returns the blobs created (to release after create), and, when everything new is
+        small, the bytes to send inline with the tree and where they go: a small put then
+        costs one round trip instead of two.
+        """
         slots: list[tuple[dict[str, Any], str, PendingBlob]] = []
 
         def walk(node: dict[str, Any]) -> None:
@@ -320,14 +353,28 @@ class ClientBase:
 
         walk(tree)
         if not slots:
-            return []
+            return [], [], []
+        instance = self.instance_id
+        found = [EMPTY_BLOB_ID if p.nbytes == 0 else self._find_blob(p.source) for _, _, p in slots]
+        if sum(p.nbytes for (_, _, p), f in zip(slots, found) if f is None) <= INLINE_LIMIT:
+            inline: list[bytes] = []
+            inline_slots: list[tuple[dict[str, Any], str, int]] = []
+            for (node, key, pending), blob_id in zip(slots, found):
+                if blob_id is not None:
+                    node[key] = _blob_tree(blob_id, pending.nbytes, instance)
+                else:
+                    node[key] = {"__inline": len(inline)}
+                    inline.append(pending.source.tobytes())
+                    inline_slots.append((node, key, pending.nbytes))
+            return [], inline, inline_slots
         ids = self._store_pending([p for _, _, p in slots], seal=False)
         for (node, key, pending), blob_id in zip(slots, ids, strict=True):
-            node[key] = _blob_tree(blob_id, pending.nbytes, self.instance_id)
-        return [
+            node[key] = _blob_tree(blob_id, pending.nbytes, instance)
+        new_blobs = [
             i for i, (_, _, p) in zip(ids, slots, strict=True)
             if i != EMPTY_BLOB_ID and not getattr(p, "_reused", False)
         ]
+        return new_blobs, [], []
 
     def _store_blob(self, pending: PendingBlob) -> ObjectID:
         (blob_id,) = self._store_pending([pending], seal=True)

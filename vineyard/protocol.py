@@ -32,6 +32,7 @@ __all__ = [
     "REQUESTS",
     "FrameDecoder",
     "check_tree",
+    "release_ids",
     "encode",
     "error_reply",
     "ok",
@@ -95,12 +96,14 @@ class FrameDecoder:
     True
     """
 
-    __slots__ = ("_buf", "_max_frame", "_pos")
+    __slots__ = ("_buf", "_check_depth", "_max_frame", "_pos")
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, check_depth: bool = True) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._max_frame = max_frame
+        # A client trusts its daemon's replies; msgpack's own stack limit still applies.
+        self._check_depth = check_depth
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         if self._pos and self._pos == len(self._buf):
@@ -130,7 +133,7 @@ class FrameDecoder:
             raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
         if not isinstance(message, dict):
             raise RemoteProtocolError(f"a frame must hold a map, not {type(message).__name__}")
-        if _too_deep(message, MAX_NESTING):
+        if self._check_depth and _too_deep(message, MAX_NESTING):
             raise RemoteProtocolError(f"a frame nested deeper than {MAX_NESTING} levels")
         return message
 
@@ -207,6 +210,19 @@ def _uints(value: Any) -> bool:
     return type(value) is list and all(type(v) is int and 0 <= v <= MAX_ID for v in value)
 
 
+def _bins(value: Any) -> bool:
+    return type(value) is list and all(type(v) is bytes for v in value)
+
+
+def release_ids(message: dict[str, Any]) -> list[int] | None:
+    """The blob ids a request releases on the side (``"release"``), if any and well-formed.
+
+    Any request may carry releases so that a client's dropped views cost no extra frame.
+    """
+    ids = message.get("release")
+    return ids if ids is not None and _uints(ids) else None
+
+
 def _strs(value: Any) -> bool:
     return type(value) is list and all(type(v) is str for v in value)
 
@@ -243,6 +259,8 @@ REQUESTS: Final[dict[str, Spec]] = {
     "get_remote_buffers": {"ids": (_uints, _REQUIRED), "unsafe": (_bool, False)},
     "create_data": {
         "tree": (_map, _REQUIRED),
+        # small blobs sent with the tree; members refer to them as {"__inline": index}
+        "inline": (_bins, None),
         "persist": (_bool, False),
         "name": (_opt_str, None),
     },

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 _RECV = 1 << 18
 _ANC = socket.CMSG_SPACE(253 * 4)
 _PARALLEL_COPY = 16 << 20
+_COPY_WORKERS = min(4, os.cpu_count() or 1)
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -57,7 +58,7 @@ def _copy_pool() -> ThreadPoolExecutor:
 def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     """``dst[:] = src`` for flat uint8 arrays; large copies run on several threads."""
     n = src.nbytes
-    workers = min(4, os.cpu_count() or 1)
+    workers = _COPY_WORKERS
     if n < _PARALLEL_COPY or workers < 2:
         np.copyto(dst, src)
         return
@@ -76,7 +77,7 @@ class _Transport:
         self.where = where
         self._sock: socket.socket | None = None
         self._lock = threading.RLock()
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(check_depth=False)
         self._pending: collections.deque[int] = collections.deque()
         self._pid = os.getpid()
         self.info: dict[str, Any] = {}
@@ -95,11 +96,10 @@ class _Transport:
         with self._lock:
             sock = self._usable()
             try:
-                frames = []
                 if self._pending:
-                    frames.append(encode({"type": "release", "ids": self._drain()}))
-                frames.append(encode(message))
-                sock.sendall(b"".join(frames) if len(frames) > 1 else frames[0])
+                    # releases ride along with the request: no frame of their own
+                    message = {**message, "release": self._drain()}
+                sock.sendall(encode(message))
                 for chunk in raw or ():
                     sock.sendall(chunk)
                 reply = self._read_reply(sock)

@@ -469,7 +469,10 @@ def copies(monkeypatch):
 
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_put_copies_each_buffer_once(client, copies, order):
-    value = np.asarray(np.arange(4096, dtype=np.float64).reshape(64, 64), order=order)
+    # above the inline limit: small puts send their bytes inside the request instead
+    side = 128
+    assert side * side * 8 > vineyard.client.INLINE_LIMIT
+    value = np.asarray(np.arange(side * side, dtype=np.float64).reshape(side, side), order=order)
     object_id = client.put(value)
     assert len(copies) == 1
     dst, src = copies[0]

@@ -99,7 +99,7 @@ class Allocator:
         self.limit = limit
         self.arena_size = _align(max(PAGE, min(arena_size, limit)), PAGE)
         self.dedicated_threshold = min(dedicated_threshold, self.arena_size)
-        self.cache_limit = min(limit, 1 << 30) // 4 if cache_limit is None else cache_limit
+        self.cache_limit = limit // 4 if cache_limit is None else cache_limit
         self.punch_threshold = punch_threshold
         self.used = 0
         self._next_segment = 0

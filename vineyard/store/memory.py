@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import queue
 import tempfile
+import threading
 
 from vineyard.store.allocator import Action
 
@@ -56,6 +58,47 @@ class Segment:
         self.map.close()
         os.close(self.fd)
 
+    def retire(self) -> int:
+        """Unmap and hand back the fd, whose pages :class:`_Releaser` frees off the loop."""
+        self.map.close()
+        return self.fd
+
+
+class _Releaser:
+    """Truncates and closes retired segments on a background thread.
+
+    Freeing a large segment's pages takes ~0.2 ms per MiB; ``ftruncate`` releases the GIL
+    (``madvise`` does not), so doing it here keeps the daemon answering other clients.
+    Truncating is safe because a segment is retired only when no blob lives in it: clients
+    that still map it never touch it again and unmap it on their next reply.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fd: int) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="vineyard-release", daemon=True)
+            self._thread.start()
+        self._queue.put(fd)
+
+    def _run(self) -> None:
+        while (fd := self._queue.get()) is not None:
+            try:
+                os.ftruncate(fd, 0)
+            except OSError as exc:
+                log.debug("could not release a segment's pages: %s", exc)
+            finally:
+                os.close(fd)
+
+    def drain(self) -> None:
+        """Finish every pending release (at shutdown)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
 
 def _anonymous_file(name: str) -> int:
     if hasattr(os, "memfd_create"):
@@ -70,6 +113,7 @@ class SegmentTable:
 
     def __init__(self) -> None:
         self.segments: dict[int, Segment] = {}
+        self._releaser = _Releaser()
 
     def apply(self, actions: list[Action]) -> list[int]:
         """Carry out ``actions``; returns the ids of segments closed, for clients to unmap."""
@@ -80,7 +124,7 @@ class SegmentTable:
             elif action.kind == "punch":
                 self.segments[action.segment].punch(action.offset, action.length)
             elif action.kind == "close":
-                self.segments.pop(action.segment).close()
+                self._releaser.submit(self.segments.pop(action.segment).retire())
                 closed.append(action.segment)
             else:
                 raise AssertionError(f"unknown memory action {action.kind!r}")
@@ -92,6 +136,7 @@ class SegmentTable:
     def close_all(self) -> None:
         """At shutdown: close every segment without punching, so that clients still mapping
         one keep their data; the kernel frees the pages when the last mapping goes."""
+        self._releaser.drain()
         for seg in self.segments.values():
             try:
                 seg.close(release=False)

@@ -105,10 +105,13 @@ class ObjectStore:
                 alloc, acts = self.allocator.allocate(size)
                 actions.extend(acts)
                 made.append(BlobRecord(self.ids.blob_id(), size, alloc, conn))
-        except BaseException:
+        except BaseException as exc:
             for blob in made:
                 if blob.alloc is not None:
                     actions.extend(self.allocator.free(blob.alloc))
+            # segments made on the way are in the allocator's books: the memory layer must
+            # still carry these actions out, or the two disagree (the server applies them)
+            exc.actions = actions  # type: ignore[attr-defined]
             raise
         for blob in made:
             if blob.id != EMPTY_BLOB_ID:

@@ -33,6 +33,7 @@ from vineyard.errors import (
     StatusCode,
     VineyardException,
 )
+from vineyard.ids import EMPTY_BLOB_ID
 from vineyard.protocol import (
     NEED_DATA,
     ONEWAY,
@@ -42,6 +43,7 @@ from vineyard.protocol import (
     encode,
     error_reply,
     ok,
+    release_ids,
     validate_request,
 )
 from vineyard.store.allocator import Action, Allocator
@@ -280,6 +282,9 @@ class Server:
             pass
         conn.sock.close()
         conn.out.clear()
+        for view in conn.raw_targets:  # an RPC upload cut short: its views pin the segments' maps
+            view.release()
+        conn.raw_targets.clear()
         for waiters in self._name_waiters.values():
             waiters[:] = [w for w in waiters if w[0] is not conn]
         self._apply(self.store.disconnect(conn.id))
@@ -324,6 +329,10 @@ class Server:
             self._close(conn)
 
     def _dispatch(self, conn: Connection, message: dict[str, Any]) -> None:
+        if "release" in message and message.get("type") != "release" and conn.registered:
+            released = release_ids(message)
+            if released:
+                self._apply(self.store.release(conn.id, released))
         try:
             kind, request = validate_request(message)
         except RemoteProtocolError as exc:
@@ -491,7 +500,11 @@ class Server:
         return ok(instances={self.store.instance_id: me})
 
     def _create_buffers(self, conn: Connection, req: dict[str, Any]) -> Any:
-        blobs, actions = self.store.create_blobs(conn.id, req["sizes"])
+        try:
+            blobs, actions = self.store.create_blobs(conn.id, req["sizes"])
+        except VineyardException as exc:
+            self._apply(getattr(exc, "actions", []))  # what the rolled-back allocation left
+            raise
         self._apply(actions)
         return self._reply_with_blobs(conn, ok(), list(blobs))
 
@@ -499,6 +512,7 @@ class Server:
         try:
             blobs, actions = self.store.create_blobs(conn.id, req["sizes"])
         except VineyardException as exc:
+            self._apply(getattr(exc, "actions", []))  # what the rolled-back allocation left
             # The bytes follow the request unasked: skip them, then answer with the error.
             # Read as frames, they would break the connection, or worse, parse as requests.
             conn.raw_reply = error_reply(exc.code, exc.message)
@@ -605,11 +619,53 @@ class Server:
             check_tree(tree)
         except RemoteProtocolError as exc:
             raise InvalidException(f"malformed metadata tree: {exc.message}") from None
-        created = self.store.create(conn.id, tree, persist=req["persist"])
+        inlined = self._inline_blobs(conn, tree, req["inline"]) if req["inline"] else []
+        try:
+            created = self.store.create(conn.id, tree, persist=req["persist"])
+        except BaseException:
+            for blob_id in inlined:
+                if blob_id != EMPTY_BLOB_ID:
+                    self._apply(self.store.abort(conn.id, blob_id))
+            raise
+        if inlined:
+            # the client never maps these blobs: it needs no hold on them
+            self._apply(self.store.release(conn.id, [b for b in inlined if b != EMPTY_BLOB_ID]))
         if req["name"] is not None:
             self.store.put_name(created[0][0], req["name"])
             self._wake_name(req["name"])
-        return ok(created=created, instance_id=self.store.instance_id)
+        reply = ok(created=created, instance_id=self.store.instance_id)
+        if inlined:
+            reply["inlined"] = inlined
+        return reply
+
+    def _inline_blobs(self, conn: Connection, tree: dict[str, Any], payloads: list[bytes]) -> list[int]:
+        """Store the small blobs sent with a tree and point its ``{"__inline": i}`` members at
+        them; saves the allocation round trip of a small put."""
+        slots: list[tuple[dict[str, Any], str, int]] = []
+        stack = [tree]
+        while stack:
+            node = stack.pop()
+            for key, value in node.items():
+                if type(value) is dict:
+                    index = value.get("__inline")
+                    if index is None:
+                        stack.append(value)
+                    elif type(index) is not int or not 0 <= index < len(payloads) or len(value) != 1:
+                        raise InvalidException(f"member {key!r} refers to a missing inline blob {index!r}")
+                    else:
+                        slots.append((node, key, index))
+        try:
+            blobs, actions = self.store.create_blobs(conn.id, [len(p) for p in payloads])
+        except VineyardException as exc:
+            self._apply(getattr(exc, "actions", []))  # what the rolled-back allocation left
+            raise
+        self._apply(actions)
+        for blob, payload in zip(blobs, payloads):
+            if blob.alloc is not None and payload:
+                self.memory.view(blob.alloc.segment, blob.alloc.offset, blob.size)[:] = payload
+        for node, key, index in slots:
+            node[key] = {"id": blobs[index].id}
+        return [b.id for b in blobs]
 
     def _get_data(self, conn: Connection, req: dict[str, Any]) -> Any:
         metas = []

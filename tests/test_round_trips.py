@@ -1,0 +1,110 @@
+"""How many requests the hot paths cost: a small put is one, releases ride along."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+import vineyard
+from vineyard.client import INLINE_LIMIT
+from vineyard.errors import InvalidException, ObjectNotExistsException
+
+
+@pytest.fixture
+def requests_sent(client):
+    """The ``type`` of every request the client's transport sends."""
+    sent: list[str] = []
+    original = client._t.request
+
+    def spy(message, raw=None):
+        sent.append(message["type"])
+        return original(message, raw)
+
+    client._t.request = spy
+    yield sent
+    client._t.request = original
+
+
+def test_a_small_put_is_one_request(client, requests_sent):
+    value = np.arange(100, dtype=np.float64)
+    object_id = client.put(value)
+    assert requests_sent == ["create_data"]
+    np.testing.assert_array_equal(client.get(object_id), value)
+
+
+def test_a_large_put_allocates_first(client, requests_sent):
+    value = np.zeros(INLINE_LIMIT // 8 + 1)
+    object_id = client.put(value)
+    assert requests_sent == ["create_buffers", "create_data"]
+    np.testing.assert_array_equal(client.get(object_id), value)
+
+
+@pytest.mark.parametrize("persist", [False, True])
+def test_inline_put_with_persist_and_name(client, persist):
+    name = f"inline-{persist}"
+    if persist:
+        object_id = client.put(np.ones(4), persist=True, name=name)
+        assert client.get_name(name) == object_id
+        assert client.get_meta(object_id)["transient"] is False
+    else:
+        with pytest.warns(UserWarning):
+            object_id = client.put(np.ones(4), name=name)
+        with pytest.raises(ObjectNotExistsException):
+            client.get_name(name)
+
+
+def test_inline_put_over_rpc(rpc_client, client):
+    object_id = rpc_client.put(np.arange(10, dtype=np.int32))
+    np.testing.assert_array_equal(client.get(object_id), np.arange(10, dtype=np.int32))
+
+
+def test_inline_blobs_of_a_refused_tree_are_given_back(client):
+    before = client.status
+    with pytest.raises(ObjectNotExistsException):
+        client._t.request({
+            "type": "create_data",
+            "tree": {"typename": "t", "buffer_": {"__inline": 0}, "other_": {"id": 12345}},
+            "inline": [b"x" * 1000],
+        })
+    after = client.status
+    assert (after.memory_usage, after.blobs) == (before.memory_usage, before.blobs)
+
+
+@pytest.mark.parametrize("ref", [{"__inline": 1}, {"__inline": "0"}, {"__inline": 0, "extra": 1}])
+def test_a_bad_inline_reference_is_refused(client, ref):
+    before = client.status
+    with pytest.raises(InvalidException, match="inline"):
+        client._t.request({"type": "create_data", "tree": {"typename": "t", "b": ref}, "inline": [b"abc"]})
+    after = client.status
+    assert (after.memory_usage, after.blobs) == (before.memory_usage, before.blobs)
+    assert client.put(1) is not None  # the connection still works
+
+
+def test_releases_ride_on_the_next_request(client, requests_sent):
+    object_id = client.put(np.zeros(INLINE_LIMIT))  # big enough to live in its own blob
+    array = client.get(object_id)
+    blob = client.get_meta(object_id)["buffer_"].id
+    assert client.ref_counts([blob]) == [1]
+    del array
+    gc.collect()
+    requests_sent.clear()
+    assert client.ref_counts([blob]) == [0]  # released by the same request that asks
+    assert requests_sent == ["ref_counts"]
+
+
+def test_the_empty_blob_is_never_inlined(client):
+    object_id = client.put(np.zeros((3, 0)))
+    assert client.get(object_id).shape == (3, 0)
+    assert vineyard.ObjectID(client.get_meta(object_id)["buffer_"].id) == vineyard.ObjectID(1 << 63)
+
+
+def test_an_inline_put_past_the_limit_fails_cleanly(make_daemon):
+    daemon = make_daemon(size="64Ki", args=["--reuse-cache", "0"])
+    with vineyard.connect(daemon.socket) as small:
+        keep = small.put(np.arange(1000, dtype=np.int64))
+        with pytest.raises(vineyard.NotEnoughMemoryException):
+            small.put(np.zeros(7500))  # 60,000 bytes: inline-sized, but more than is left
+        np.testing.assert_array_equal(small.get(keep), np.arange(1000, dtype=np.int64))
+        assert small.status.memory_usage == 8000
