@@ -108,3 +108,14 @@ def test_an_inline_put_past_the_limit_fails_cleanly(make_daemon):
             small.put(np.zeros(7500))  # 60,000 bytes: inline-sized, but more than is left
         np.testing.assert_array_equal(small.get(keep), np.arange(1000, dtype=np.int64))
         assert small.status.memory_usage == 8000
+
+
+def test_busy_polling_daemon_and_client_answer_correctly(make_daemon, monkeypatch):
+    import vineyard.transport
+
+    monkeypatch.setattr(vineyard.transport, "_BUSY_POLL", 100e-6)
+    daemon = make_daemon(size="64Mi", args=["--busy-poll-us", "100"])
+    with vineyard.connect(daemon.socket) as polled:
+        for i in range(50):
+            value = np.full(8, i)
+            np.testing.assert_array_equal(polled.get(polled.put(value)), value)

@@ -43,6 +43,7 @@ _RECV = 1 << 18
 _ANC = socket.CMSG_SPACE(253 * 4)
 _PARALLEL_COPY = 16 << 20
 _COPY_WORKERS = min(4, os.cpu_count() or 1)
+_BUSY_POLL = max(0, int(os.environ.get("VINEYARD_BUSY_POLL_US", "0"))) / 1e6
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -265,7 +266,17 @@ class IPCTransport(_Transport):
         self._sock = _connect_with_retry(socket.AF_UNIX, path, path, timeout)
 
     def _recv(self, sock: socket.socket) -> bytes:
-        data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC)
+        # Poll briefly before sleeping: the reply usually arrives within tens of
+        # microseconds, and being woken up on another CPU costs about as much again.
+        deadline = time.perf_counter() + _BUSY_POLL
+        while True:
+            try:
+                data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC, socket.MSG_DONTWAIT)
+                break
+            except BlockingIOError:
+                if time.perf_counter() >= deadline:
+                    data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC)
+                    break
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")

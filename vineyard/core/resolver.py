@@ -54,6 +54,7 @@ class ResolverContext:
         self._keys: list[str] = []
         self._conv: dict[str, str] = {}
         self._lazy: list[tuple[str, str]] = []
+        self._lazy_checked: set[str] = set()  # typenames already scanned against _lazy
         inherited = True
         if parent_context is not None:
             self._factory.update(parent_context._factory)
@@ -98,6 +99,7 @@ class ResolverContext:
         time an object whose typename starts with ``typename_prefix`` is resolved."""
         if (typename_prefix, register) not in self._lazy:
             self._lazy.append((typename_prefix, register))
+            self._lazy_checked.clear()
 
     def _load_lazy(self, typename: str) -> None:
         with _lazy_lock:
@@ -113,8 +115,10 @@ class ResolverContext:
                     log.debug("could not load resolvers from %s: %s", spec, exc)
 
     def _match(self, typename: str) -> str | None:
-        if self._lazy:
+        if self._lazy and typename not in self._lazy_checked:
             self._load_lazy(typename)
+            # a typename once checked needs no second scan of the lazy list (hot path: get)
+            self._lazy_checked.add(typename)
         keys = self._keys
         i = bisect.bisect_right(keys, typename)
         while i > 0:

@@ -49,6 +49,7 @@ from vineyard.protocol import (
 from vineyard.store.allocator import Action, Allocator
 from vineyard.store.memory import SegmentTable
 from vineyard.store.objects import BlobRecord, ObjectStore
+from vineyard.store.spill import Spiller, SpillStorage, spill_status
 
 __all__ = ["Server", "ServerConfig", "install_signal_handlers"]
 
@@ -74,6 +75,10 @@ class ServerConfig:
     deployment: str = "local"
     allow_uids: frozenset[int] | None = None
     allow_gids: frozenset[int] | None = None
+    busy_poll_us: int = 0
+    spill_path: str | None = None  # spilling of cold blobs to this directory (store/spill.py)
+    spill_lower_rate: float = 0.3
+    spill_upper_rate: float = 0.8
 
 
 class Connection:
@@ -163,6 +168,17 @@ class Server:
             "load": self._not_spilling,
             "unpin": self._not_spilling,
         }
+        self.spiller: Spiller | None = None
+        if config.spill_path:
+            self.spiller = spiller = Spiller(
+                self.store, SpillStorage(config.spill_path), config.spill_lower_rate, config.spill_upper_rate,
+                apply=self._apply, view=self.memory.view, defer=lambda check: self._call_later(0.0, check),
+            )
+            self.handlers.update({
+                "evict": lambda conn, req: ok(spilled=spiller.evict(req["ids"])),
+                "load": lambda conn, req: ok(loaded=spiller.load(req["ids"], req["pin"])),
+                "unpin": lambda conn, req: ok(unpinned=spiller.unpin(req["ids"])),
+            })
 
     # -- lifecycle ---------------------------------------------------------------------
     def bind(self, ipc_sock: socket.socket, rpc_sock: socket.socket | None) -> None:
@@ -182,11 +198,22 @@ class Server:
     def serve_forever(self, wakeup_fd: int | None = None) -> None:
         if wakeup_fd is not None:
             self.selector.register(wakeup_fd, selectors.EVENT_READ, ("wakeup", None))
+        spin = self.config.busy_poll_us / 1e6
+        busy_until = 0.0
         while not self._stopping:
             timeout = None
             if self._timers:
                 timeout = min(3600.0, max(0.0, self._timers[0][0] - time.monotonic()))
-            for key, events in self.selector.select(timeout):
+            # Busy-poll briefly after work: a client's next request usually follows within
+            # microseconds, and waking a sleeping thread on another CPU costs 20-40 us here.
+            ready = self.selector.select(0) if spin and time.monotonic() < busy_until else None
+            if not ready:
+                if ready is not None:
+                    continue
+                ready = self.selector.select(timeout)
+            if spin:
+                busy_until = time.monotonic() + spin
+            for key, events in ready:
                 what, arg = key.data
                 if what == "conn":
                     conn = arg
@@ -216,6 +243,8 @@ class Server:
                 self.selector.unregister(sock)
                 sock.close()
         self.memory.close_all()
+        if self.spiller is not None:
+            self.spiller.close()
         self.selector.close()
 
     def _run_timers(self) -> None:
@@ -486,6 +515,7 @@ class Server:
             objects=len(self.store.objects),
             blobs=len(self.store.blobs) - 1,
             names=len(self.store.names),
+            **spill_status(self.spiller),
         )
 
     def _cluster_meta(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
@@ -599,10 +629,14 @@ class Server:
         return ok()
 
     def _get_buffers(self, conn: Connection, req: dict[str, Any]) -> Any:
+        if self.spiller is not None:
+            self.spiller.reload_blobs(req["ids"])
         blobs = self.store.get_blobs(conn.id, req["ids"], req["unsafe"])
         return self._reply_with_blobs(conn, ok(), blobs)
 
     def _get_remote_buffers(self, conn: Connection, req: dict[str, Any]) -> Any:
+        if self.spiller is not None:
+            self.spiller.reload_blobs(req["ids"])
         blobs = self.store.get_blobs(conn.id, req["ids"], req["unsafe"])
         raw = []
         for blob in blobs:
@@ -671,6 +705,8 @@ class Server:
         metas = []
         blobs: list[BlobRecord | None] = []
         with_blobs = req["blobs"] and conn.kind == "ipc"
+        if with_blobs and self.spiller is not None:
+            self.spiller.reload_objects(req["ids"])
         for object_id in req["ids"]:
             if with_blobs:
                 tree, got = self.store.get(conn.id, object_id)
