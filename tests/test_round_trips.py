@@ -119,3 +119,12 @@ def test_busy_polling_daemon_and_client_answer_correctly(make_daemon, monkeypatc
         for i in range(50):
             value = np.full(8, i)
             np.testing.assert_array_equal(polled.get(polled.put(value)), value)
+
+
+def test_an_explicit_endpoint_wins_over_the_environment(store, monkeypatch):
+    monkeypatch.setenv("VINEYARD_IPC_SOCKET", store.socket)
+    host, port = store.rpc_endpoint.rsplit(":", 1)
+    with vineyard.connect(host, int(port)) as by_args, vineyard.connect(endpoint=store.rpc_endpoint) as by_kw:
+        assert by_args.is_rpc and by_kw.is_rpc
+    with vineyard.connect() as from_env:
+        assert from_env.is_ipc

@@ -107,6 +107,10 @@ class InstanceStatus:
         self.objects: int = fields.get("objects", 0)
         self.blobs: int = fields.get("blobs", 0)
         self.names: int = fields.get("names", 0)
+        self.spilled_blobs: int = fields.get("spilled_blobs", 0)  # blobs now on disk (--spill-path)
+        self.spilled_bytes: int = fields.get("spilled_bytes", 0)
+        self.spill_failures: int = fields.get("spill_failures", 0)  # failed spill writes since start
+        self.spill_error: str | None = fields.get("spill_error")  # the last failure, if any
 
     def __repr__(self) -> str:
         keys = ("instance_id", "deployment", "memory_usage", "memory_limit", "deferred_requests",
@@ -839,10 +843,13 @@ class Client(IPCClient, RPCClient):
     ) -> None:
         if socket is not None and port is not None and host is None:
             socket, host = None, socket
+        # An endpoint named in the call wins over $VINEYARD_IPC_SOCKET (upstream prefers the
+        # environment's IPC socket, so connect(host, port) silently was not RPC).
+        explicit_rpc = socket is None and (endpoint is not None or (host is not None and port is not None))
         cfg_socket, cfg_endpoint = (None, None)
-        if socket is None and not os.environ.get("VINEYARD_IPC_SOCKET"):
+        if socket is None and not explicit_rpc and not os.environ.get("VINEYARD_IPC_SOCKET"):
             cfg_socket, cfg_endpoint = _config_socket(config)
-        ipc = socket or os.environ.get("VINEYARD_IPC_SOCKET") or cfg_socket
+        ipc = socket or (None if explicit_rpc else os.environ.get("VINEYARD_IPC_SOCKET") or cfg_socket)
         self._timeout = timeout
         self._token = token if token is not None else os.environ.get("VINEYARD_RPC_TOKEN")
         if ipc:

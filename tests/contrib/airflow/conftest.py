@@ -106,7 +106,7 @@ class AirflowSite:
         return xcom_objects(self.client)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def airflow_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowSite]:
     """Private AIRFLOW_HOME (SQLite, migrated), a store daemon, and the backend switched on."""
     home = tmp_path_factory.mktemp("airflow_home")

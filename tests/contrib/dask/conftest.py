@@ -56,7 +56,7 @@ def make_cluster(**kwargs: Any) -> LocalCluster:
     return LocalCluster(**options)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def daemon() -> Iterator[Daemon]:
     """The store of the Dask tests (no RPC: workers reach it through its UNIX socket)."""
     d = Daemon(size="1536Mi")

@@ -24,7 +24,7 @@ from vineyard.testing import Daemon
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def store() -> Iterator[Daemon]:
     """This suite's daemon: the 100 MB transfers and the Ray Data jobs fit in 1 GiB."""
     daemon = Daemon(size="1Gi")
@@ -32,7 +32,7 @@ def store() -> Iterator[Daemon]:
     daemon.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster(store: Daemon) -> Iterator[Any]:
     """A local Ray cluster whose workers find ``store`` through ``VINEYARD_IPC_SOCKET``."""
     ray = pytest.importorskip("ray")
