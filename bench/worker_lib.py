@@ -13,7 +13,7 @@ Backends
 
 Probes
     Zero-copy is checked, not assumed: every buffer of a value returned by ``get`` must lie in
-    a mapping of the system's shared memory (``/proc/self/maps``: ours ``/memfd:vineyard-<n>``,
+    a mapping of the system's shared memory (``/proc/self/maps``: ours ``/memfd:vineyard-<pid>-<n>``,
     upstream ``/memfd:vineyard-bulk-...``, Ray ``/dev/shm/plasma...``), numpy arrays must be
     read-only, and the reader's ``RssAnon`` must stay flat. :func:`shm_held` adds up the
     shared memory a store's processes hold (allocated blocks of their memfd and /dev/shm
@@ -49,7 +49,7 @@ __all__ = [
 
 #: How each system's shared memory shows in /proc/self/maps.
 STORE_MAPPING: dict[str, re.Pattern[str]] = {
-    "ours": re.compile(r"^/memfd:vineyard-\d+"),
+    "ours": re.compile(r"^/memfd:vineyard-\d+-\d+"),
     "upstream": re.compile(r"^/memfd:vineyard-bulk"),
     "ray": re.compile(r"^/dev/shm/plasma"),
 }

@@ -232,4 +232,4 @@ def test_unmap_notices_ride_on_descriptor_only_frames(make_daemon) -> None:
         got = reader.get(many)  # that reply starts with descriptor-only frames
         assert [int(g[0]) for g in got[:3]] == [0, 1, 2]
         assert segment not in reader._t.segments
-        assert f"/memfd:vineyard-{segment}" not in mappings_by_name()
+        assert f"/memfd:vineyard-{daemon.pid}-{segment}" not in mappings_by_name()

@@ -33,7 +33,9 @@ class Segment:
     def __init__(self, segment_id: int, size: int) -> None:
         self.id = segment_id
         self.size = size
-        self.fd = _anonymous_file(f"vineyard-{segment_id}")
+        # the pid keeps names unique across daemons, so a process mapping several stores
+        # (and /proc/<pid>/maps readers) can tell their segments apart
+        self.fd = _anonymous_file(f"vineyard-{os.getpid()}-{segment_id}")
         try:
             os.ftruncate(self.fd, size)
             self.map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
