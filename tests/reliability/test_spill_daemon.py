@@ -77,8 +77,7 @@ def test_cold_objects_spill_past_the_watermark_and_come_back(tmp_path: Path) -> 
         assert spill_files(spill) == []
 
         del values
-        gc.collect()
-        client.status  # carries the releases: everything is cold again, 28 MiB of it
+        gc.collect()  # the next request carries the releases: 28 MiB turn cold at once
         assert wait_for(lambda: client.status.memory_usage <= HIGH)
         for object_id, expected in sums.items():  # one at a time, reloaded as needed
             assert checksum(client.get(object_id)) == expected

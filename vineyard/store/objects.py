@@ -54,6 +54,7 @@ class BlobRecord:
     holders: set[int] = field(default_factory=set)
     deleted: bool = False
     created: float = field(default_factory=time.time)
+    spilled: str | None = None  # the spill file while the bytes are on disk (then alloc is None)
 
     @property
     def sealed(self) -> bool:
@@ -91,6 +92,8 @@ class ObjectStore:
         self.names_of: dict[int, set[str]] = {}  # object id -> its names
         self.held: dict[int, set[int]] = {}  # connection id -> blob ids it references
         self._trees: dict[int, dict[str, Any]] = {}
+        # store/spill.py's Spiller when spilling is on: told when blobs turn cold, hot or go
+        self.spill: Any = None
 
     # -- blobs -------------------------------------------------------------------------
     def create_blobs(self, conn: int, sizes: list[int]) -> tuple[list[BlobRecord], list[Action]]:
@@ -102,7 +105,7 @@ class ObjectStore:
                 if size == 0:
                     made.append(self.blobs[EMPTY_BLOB_ID])
                     continue
-                alloc, acts = self.allocator.allocate(size)
+                alloc, acts = (self.spill or self.allocator).allocate(size)
                 actions.extend(acts)
                 made.append(BlobRecord(self.ids.blob_id(), size, alloc, conn))
         except BaseException as exc:
@@ -183,6 +186,8 @@ class ObjectStore:
                 blob.holders.discard(conn)
                 if blob.deleted and not blob.holders:
                     actions.extend(self._drop_blob(blob))
+                elif self.spill is not None and not blob.holders:
+                    self.spill.cold(blob)
         return actions
 
     def disconnect(self, conn: int) -> list[Action]:
@@ -195,15 +200,21 @@ class ObjectStore:
             blob.holders.discard(conn)
             if blob.creator == conn or (blob.deleted and not blob.holders):
                 actions.extend(self._drop_blob(blob))
+            elif self.spill is not None and not blob.holders:
+                self.spill.cold(blob)
         return actions
 
     def _hold(self, conn: int, blob: BlobRecord) -> None:
         if blob.id != EMPTY_BLOB_ID:
             blob.holders.add(conn)
             self.held.setdefault(conn, set()).add(blob.id)
+            if self.spill is not None:
+                self.spill.hot(blob)
 
     def _drop_blob(self, blob: BlobRecord) -> list[Action]:
         self.blobs.pop(blob.id, None)
+        if self.spill is not None:
+            self.spill.dropped(blob)
         for holder in blob.holders:
             held = self.held.get(holder)
             if held is not None:
