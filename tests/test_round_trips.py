@@ -49,7 +49,7 @@ def test_inline_put_with_persist_and_name(client, persist):
         assert client.get_name(name) == object_id
         assert client.get_meta(object_id)["transient"] is False
     else:
-        with pytest.warns(UserWarning):
+        with pytest.warns(UserWarning, match="not persisted"):
             object_id = client.put(np.ones(4), name=name)
         with pytest.raises(ObjectNotExistsException):
             client.get_name(name)
@@ -125,6 +125,16 @@ def test_an_explicit_endpoint_wins_over_the_environment(store, monkeypatch):
     monkeypatch.setenv("VINEYARD_IPC_SOCKET", store.socket)
     host, port = store.rpc_endpoint.rsplit(":", 1)
     with vineyard.connect(host, int(port)) as by_args, vineyard.connect(endpoint=store.rpc_endpoint) as by_kw:
-        assert by_args.is_rpc and by_kw.is_rpc
+        assert by_args.is_rpc
+        assert by_kw.is_rpc
     with vineyard.connect() as from_env:
         assert from_env.is_ipc
+
+
+def test_module_level_put_and_get_share_one_connection(store, monkeypatch):
+    monkeypatch.setenv("VINEYARD_IPC_SOCKET", store.socket)
+    monkeypatch.setattr(vineyard, "_default", None)
+    before = vineyard.connect(store.socket).status.ipc_connections
+    ids = [vineyard.put(np.full(3, i)) for i in range(5)]
+    assert [int(vineyard.get(i)[0]) for i in ids] == list(range(5))
+    assert vineyard.connect(store.socket).status.ipc_connections <= before + 2

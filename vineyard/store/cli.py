@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="freed memory kept resident for reuse (default: a quarter of --size)")
     p.add_argument("--busy-poll-us", "--busy_poll_us", dest="busy_poll_us", type=int, default=0,
                    help="after answering, poll for the next request this long before sleeping "
-                        "(microseconds, default 0 = off; on an otherwise idle host it saves a cross-CPU wake-up per request)")
+                        "(microseconds, default 0 = off; on an otherwise idle host it saves a "
+                        "cross-CPU wake-up per request)")
     p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"])
     p.add_argument("--deployment", default="local", choices=["local", "distributed"])
