@@ -30,9 +30,10 @@ _events: list[tuple[str, str]] = []
 _state = {"hooked": False, "on": False}
 
 
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if _state["on"] and event == "pickle.find_class":
-        _events.append((str(args[0]), str(args[1])))
+def _audit(event: str, args: tuple[Any, ...], state: dict[str, bool] = _state, events: list[Any] = _events) -> None:
+    # bound as defaults: the hook outlives this module's globals at interpreter exit
+    if event == "pickle.find_class" and state["on"]:
+        events.append((str(args[0]), str(args[1])))
 
 
 def start_auditing() -> None:
