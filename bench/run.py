@@ -33,7 +33,7 @@ __all__ = ["GROUPS", "build_plan", "main", "parse_args"]
 GROUPS = ("arrays", "remote", "pairs", "frames", "meta", "names", "held")
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 DAEMON_SIZE = "8Gi"
-REUSE_CACHE = "256Mi"
+REUSE_CACHE = "2Gi"  # what our daemon defaults to at DAEMON_SIZE: a quarter of it
 
 # size: (put reps, get reps, get-in-another-process reps, memcpy reps)
 # (a get costs the same at every size when it is zero-copy: as many gets everywhere)
