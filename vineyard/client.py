@@ -179,6 +179,8 @@ class ClientBase:
 
     def sync_meta(self) -> None:
         """Pull remote metadata (a no-op with the local metadata backend)."""
+        if self._t.info.get("meta") == "etcd":
+            self._t.request({"type": "cluster_meta"})  # the daemon catches up with the cluster first
 
     def close(self) -> None:
         self._t.close()
@@ -431,10 +433,23 @@ class ClientBase:
         return get_current_resolvers().run(obj, __vineyard_client=self, **kw)
 
     def get_object(self, object_id: Any, sync_remote: bool = True, fetch: bool = False) -> Any:
-        return Object.from_(self.get_meta(object_id, sync_remote))
+        if fetch:
+            object_id = self.migrate(object_id)
+        return self.get_objects([object_id], sync_remote)[0]
 
     def get_objects(self, object_ids: Iterable[Any], sync_remote: bool = True) -> list[Any]:
-        return [Object.from_(m) for m in self.get_metas(object_ids, sync_remote)]
+        metas = self.get_metas(object_ids, sync_remote)
+        if self._t.info.get("meta") == "etcd":  # blobs on other instances come over RPC
+            from vineyard.remote import fetch_remote_blobs
+
+            for meta in metas:
+                fetch_remote_blobs(self, meta)
+        return [Object.from_(m) for m in metas]
+
+    def migrate(self, object_id: Any) -> ObjectID:
+        """Copy an object of another instance into this daemon, once (later calls get the same
+        copy: a new persisted object with the same signature); one already here comes back."""
+        return ObjectID(self._t.request({"type": "migrate", "id": _id(object_id)})["id"])
 
     def get_meta(self, object_id: Any, sync_remote: bool = True) -> ObjectMeta:
         return self.get_metas([object_id], sync_remote)[0]
@@ -735,7 +750,8 @@ class RPCClient(ClientBase):
         for tree in trees:
             self._blob_nodes(tree, nodes)
         buffers: dict[int, Any] = {}
-        wanted = [i for i in nodes if i != EMPTY_BLOB_ID]
+        here = self.instance_id  # blobs of other instances: see get_objects
+        wanted = [i for i in nodes if i != EMPTY_BLOB_ID and nodes[i].get("instance_id", here) == here]
         if wanted:
             _, data = self._t.request_download({"type": "get_remote_buffers", "ids": wanted})
             for blob_id, buf in zip(wanted, data, strict=True):

@@ -304,6 +304,7 @@ REQUESTS: Final[dict[str, Spec]] = {
     "evict": {"ids": (_uints, _REQUIRED)},
     "load": {"ids": (_uints, _REQUIRED), "pin": (_bool, False)},
     "unpin": {"ids": (_uints, _REQUIRED)},
+    "migrate": {"id": (_uint, _REQUIRED)},  # copy an object of another instance here (store/migration.py)
 }
 
 

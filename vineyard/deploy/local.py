@@ -70,6 +70,11 @@ def start_vineyardd(
         cmd += ["--norpc"]
     if debug:
         cmd += ["--log-level", "DEBUG"]
+    if meta == "etcd":  # as upstream: without endpoints, the daemon starts an etcd of its own
+        endpoints = ",".join(etcd_endpoints) if isinstance(etcd_endpoints, (list, tuple)) else etcd_endpoints
+        cmd += ["--etcd-endpoints", str(endpoints)] if endpoints else ["--etcd-launch"]
+        if etcd_prefix:
+            cmd += ["--etcd-prefix", str(etcd_prefix)]
     cmd += list(extra_args or [])
     # the daemon's log goes to a file: a pipe nobody reads would block it once full
     log = tempfile.TemporaryFile(prefix="vineyardd-", suffix=".log")  # noqa: SIM115

@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address the RPC server binds (default 127.0.0.1)")
     p.add_argument("--rpc-token", "--rpc_token", dest="rpc_token", default=os.environ.get("VINEYARD_RPC_TOKEN"),
                    help="shared secret RPC clients must present (default $VINEYARD_RPC_TOKEN)")
-    p.add_argument("--meta", choices=["local"], default="local", help="metadata backend")
+    p.add_argument("--meta", choices=["local", "etcd"], default="local",
+                   help="metadata backend: local (alone, default) or etcd (a cluster; see --etcd-endpoints)")
     p.add_argument("--socket-mode", "--socket_mode", dest="socket_mode", type=_mode_arg, default=0o600,
                    help="permissions of the socket file, octal (default 0600: owner only)")
     p.add_argument("--allow-user", "--allow_user", dest="allow_users", action="append", default=[],
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     # accepted for compatibility with upstream's command line; they change nothing here
     for flag in ("--allocator", "--reserve_memory", "--compression", "--meta_timeout", "--stream_threshold"):
         p.add_argument(flag, help=argparse.SUPPRESS)
+    from vineyard.store.cluster import add_arguments
+
+    add_arguments(p)  # --etcd-endpoints, --etcd-prefix, --etcd-launch, --lease-ttl, --rpc-advertise
     p.add_argument("--version", action="version", version=f"vineyard {__version__}")
     return p
 
@@ -299,8 +303,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vineyard: {exc}", file=sys.stderr)
         return 1
     _raise_fd_limit()
+    cluster = None
+    if args.meta == "etcd" or args.etcd_launch:
+        from vineyard.store.cluster import join_cluster
+
+        try:
+            cluster = join_cluster(args, config.socket, rpc, config.token)
+        except Exception as exc:
+            print(f"vineyard: cannot join the cluster: {exc}", file=sys.stderr)
+            for sock in (ipc, rpc):
+                if sock is not None:
+                    sock.close()
+            os.unlink(config.socket)
+            return 1
+        config.instance_id = cluster.instance_id
     server = Server(config)
     server.bind(ipc, rpc)
+    if cluster is not None:
+        cluster.attach(server)
     wakeup = install_signal_handlers(server)
     rpc_text = f", RPC on {server.rpc_endpoint}" if rpc is not None else ", RPC off"
     print(
@@ -317,10 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         gc.set_threshold(50_000, 20, 100)
         server.serve_forever(wakeup)
     finally:
+        if cluster is not None:
+            cluster.close()
         try:
             if os.path.exists(config.socket) and stat.S_ISSOCK(os.lstat(config.socket).st_mode):
                 os.unlink(config.socket)
         except OSError:
             pass
     log.info("stopped")
-    return 0
+    return 0 if cluster is None else cluster.exit_status

@@ -94,6 +94,10 @@ class ObjectStore:
         self._trees: dict[int, dict[str, Any]] = {}
         # store/spill.py's Spiller when spilling is on: told when blobs turn cold, hot or go
         self.spill: Any = None
+        # in a cluster (store/clusterview.py): blobs of other instances, known by size and owner
+        # (id -> tree), and the view, told of every deleted record
+        self.remote_blobs: dict[int, dict[str, Any]] = {}
+        self.cluster: Any = None
 
     # -- blobs -------------------------------------------------------------------------
     def create_blobs(self, conn: int, sizes: list[int]) -> tuple[list[BlobRecord], list[Action]]:
@@ -320,6 +324,10 @@ class ObjectStore:
                     member = self.objects.get(int(value["id"]))
                     if member is not None and member.fields.get("global"):
                         raise GlobalObjectInvalidException("Global object cannot have nested structure")
+                elif "id" in value:  # only a global object may span instances
+                    member = self.objects.get(int(value["id"]))
+                    if member is not None and member.fields.get("instance_id", self.instance_id) != self.instance_id:
+                        raise GlobalObjectInvalidException("Local object cannot refer remote objects")
 
     def _global_instance(self, members: dict[str, int]) -> int:
         instances = {self._instance_of(m) for m in members.values()}
@@ -335,6 +343,9 @@ class ObjectStore:
         if cached is not None:
             return cached
         if object_id & BLOB_BIT:
+            remote = self.remote_blobs.get(object_id)
+            if remote is not None:
+                return remote
             blob = self._blob(object_id)
             return {
                 "id": blob.id,
@@ -372,6 +383,8 @@ class ObjectStore:
         blobs = []
         for blob_id in ids:
             blob = self.blobs.get(blob_id)
+            if blob is None and blob_id in self.remote_blobs:
+                continue  # its bytes are on another instance: the client fetches them there
             if blob is None or blob.deleted:
                 raise ObjectNotExistsException(
                     f"blob {_oid(blob_id)} of {_oid(object_id)} is gone", object_id=object_id
@@ -514,6 +527,8 @@ class ObjectStore:
         record = self.objects.pop(object_id, None)
         if record is None:
             return []
+        if self.cluster is not None:
+            self.cluster.deleted(record)
         self._trees.clear()
         for name in self.names_of.pop(object_id, ()):
             del self.names[name]

@@ -79,6 +79,7 @@ class ServerConfig:
     spill_path: str | None = None  # spilling of cold blobs to this directory (store/spill.py)
     spill_lower_rate: float = 0.3
     spill_upper_rate: float = 0.8
+    instance_id: int = 0  # registered in the cluster (store/cluster.py); 0 alone
 
 
 class Connection:
@@ -124,7 +125,7 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.allocator = Allocator(config.size, cache_limit=config.reuse_cache)
-        self.store = ObjectStore(self.allocator, instance_id=0)
+        self.store = ObjectStore(self.allocator, instance_id=config.instance_id)
         self.memory = SegmentTable()
         self.selector = selectors.DefaultSelector()
         self.conns: dict[int, Connection] = {}
@@ -167,6 +168,8 @@ class Server:
             "evict": self._not_spilling,
             "load": self._not_spilling,
             "unpin": self._not_spilling,
+            # alone, every object is here already; store/cluster.py copies remote ones
+            "migrate": lambda conn, req: ok(id=self.store.tree(req["id"])["id"]),
         }
         self.spiller: Spiller | None = None
         if config.spill_path:
@@ -232,6 +235,8 @@ class Server:
                         os.read(key.fd, 512)
                     except OSError:
                         pass
+                    if arg is not None:  # a wake-up with work attached (store/cluster.py)
+                        arg()
             self._run_timers()
         self._shutdown()
 

@@ -96,6 +96,12 @@ class Session:
             except Exception:
                 _log.exception("on_lost callback of lease %x failed", self.lease)
 
+    def silent_for(self) -> float:
+        """Seconds since the last keep-alive succeeded (or the grant). Past :attr:`ttl`,
+        the lease may have expired even if nobody has said so yet: after a stop of the
+        whole process (SIGSTOP, a frozen VM), the keep-alive thread has not run either."""
+        return time.monotonic() - self._last_ok
+
     def check(self) -> None:
         """Fence: raise if the lease is lost.
 
