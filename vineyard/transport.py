@@ -215,6 +215,16 @@ class _Transport:
             except OSError:
                 pass
 
+    def __del__(self) -> None:
+        # a client dropped without close() (e.g. one cached in a module global until exit)
+        # must not leave its socket to the garbage collector's ResourceWarning
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
     def close(self) -> None:
         with self._lock:
             if self._sock is not None and os.getpid() == self._pid and self._pending:
