@@ -26,6 +26,7 @@ __all__ = [
     "assert_roundtrip",
     "rss_anon",
     "store_mappings",
+    "wait_until",
 ]
 
 
@@ -188,3 +189,19 @@ def rss_anon() -> int:
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "a condition",
+               interval: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something true, and return that.
+
+    Raises ``AssertionError`` after ``timeout`` seconds: a bound on a hang, not a timing check.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 
 import vineyard
 from vineyard.store.meta.launch import EtcdProcess, find_etcd
-from vineyard.testing import Daemon
+from vineyard.testing import Daemon, wait_until
 
 __all__ = ["Node", "wait_until"]
 
@@ -34,16 +33,6 @@ def require_etcd() -> None:
         pytest.skip(reason)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "a condition") -> Any:
-    """Poll ``condition`` every 20 ms until it returns something true; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Node:

@@ -10,7 +10,6 @@ handle (``cluster.close()``, ``Daemon.stop()`` by PID). Functions that run on wo
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,7 +21,7 @@ from distributed import Client, LocalCluster
 
 import vineyard
 from vineyard.contrib.dask import VineyardWorkerData, VineyardWorkerPlugin
-from vineyard.testing import Daemon
+from vineyard.testing import Daemon, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WAIT = 30.0
@@ -30,14 +29,7 @@ WAIT = 30.0
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
     """Poll ``condition`` until it is truthy (returns it); fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+    return wait_until(condition, timeout, what, interval=0.05)
 
 
 def make_cluster(**kwargs: Any) -> LocalCluster:
