@@ -373,7 +373,7 @@ class ClientBase:
                     inline.append(pending.source.tobytes())
                     inline_slots.append((node, key, pending.nbytes))
             return [], inline, inline_slots
-        ids = self._store_pending([p for _, _, p in slots], seal=False)
+        ids = self._store_pending([p for _, _, p in slots], seal=False, found=found)
         for (node, key, pending), blob_id in zip(slots, ids, strict=True):
             node[key] = _blob_tree(blob_id, pending.nbytes, instance)
         new_blobs = [
@@ -386,17 +386,20 @@ class ClientBase:
         (blob_id,) = self._store_pending([pending], seal=True)
         return ObjectID(blob_id)
 
-    def _store_pending(self, pendings: list[PendingBlob], seal: bool) -> list[int]:
-        """Allocate and fill blobs for ``pendings``; reuse blobs the sources already are."""
+    def _store_pending(
+        self, pendings: list[PendingBlob], seal: bool, found: list[int | None] | None = None
+    ) -> list[int]:
+        """Allocate and fill blobs for ``pendings``; reuse blobs the sources already are
+        (``found``: those already looked up, one entry per pending)."""
         ids: list[int | None] = [None] * len(pendings)
         todo: list[int] = []
         for i, pending in enumerate(pendings):
             if pending.nbytes == 0:
                 ids[i] = EMPTY_BLOB_ID
                 continue
-            found = self._find_blob(pending.source)
-            if found is not None:
-                ids[i] = found
+            existing = found[i] if found is not None else self._find_blob(pending.source)
+            if existing is not None:
+                ids[i] = existing
                 pending._reused = True  # type: ignore[attr-defined]
             else:
                 todo.append(i)
