@@ -344,12 +344,7 @@ class ClusterView:
         if record is None:
             return
         for member in record.members.values():
-            parents = store.parents.get(member)
-            if parents is not None:
-                parents.discard(oid)
-                if not parents:
-                    del store.parents[member]
-            if member in store.remote_blobs and not store.parents.get(member):
+            if store.unlink_member(oid, member) and member in store.remote_blobs:
                 del store.remote_blobs[member]
 
     # -- names ---------------------------------------------------------------------------

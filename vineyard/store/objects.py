@@ -535,14 +535,18 @@ class ObjectStore:
         self.parents.pop(object_id, None)
         actions: list[Action] = []
         for member in record.members.values():
-            parents = self.parents.get(member)
-            if parents is not None:
-                parents.discard(object_id)
-                if not parents:
-                    del self.parents[member]
-            if (deep or member & BLOB_BIT) and not self.parents.get(member):
+            if self.unlink_member(object_id, member) and (deep or member & BLOB_BIT):
                 actions.extend(self._delete_one(member, deep))
         return actions
+
+    def unlink_member(self, parent: int, member: int) -> bool:
+        """Forget that ``parent`` holds ``member``; True if no object holds it any more."""
+        parents = self.parents.get(member)
+        if parents is not None:
+            parents.discard(parent)
+            if not parents:
+                del self.parents[member]
+        return not self.parents.get(member)
 
     def clear(self) -> list[Action]:
         actions: list[Action] = []
