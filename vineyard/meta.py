@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import numbers
-import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -382,20 +381,29 @@ class Blob(np.ndarray):
     ``memoryview(blob)`` and ``np.frombuffer(blob, dtype)`` are zero-copy.
     """
 
-    _vineyard_meta: ObjectMeta
+    # The blob keeps its metadata's tree and client, and builds an ObjectMeta when asked:
+    # an ObjectMeta holds its buffers, so keeping one here would make a cycle (blob -> meta
+    # -> buffers -> blob) that holds the shared memory until the garbage collector runs.
+    _vineyard_tree: dict[str, Any] | None
+    _vineyard_client: Any
 
     @classmethod
     def _make(cls, buffer: Any, meta: ObjectMeta) -> Blob:
-        array = np.frombuffer(buffer, dtype=np.uint8) if len(memoryview(buffer)) else np.empty(0, np.uint8)
-        blob = array.view(cls)
+        if isinstance(buffer, np.ndarray):
+            blob = buffer.view(cls)
+        else:
+            blob = np.frombuffer(buffer, dtype=np.uint8).view(cls) if len(buffer) else np.empty(0, np.uint8).view(cls)
         blob.flags.writeable = False
-        # The blob's own metadata holds it only weakly: ``meta._buffers`` usually holds the
-        # blob, and blob -> meta -> buffers -> blob would be a cycle keeping the shared memory
-        # referenced (by this connection) until the garbage collector happens to run.
-        own: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
-        blob._vineyard_meta = ObjectMeta._wrap(meta._tree, meta._client, own)  # type: ignore[arg-type]
-        own[int(meta._tree.get("id", EMPTY_BLOB_ID))] = blob
+        blob._vineyard_tree = meta._tree
+        blob._vineyard_client = meta._client
         return blob
+
+    @property
+    def _vineyard_meta(self) -> ObjectMeta | None:
+        tree = self._vineyard_tree
+        if tree is None:
+            return None
+        return ObjectMeta._wrap(tree, self._vineyard_client, {int(tree.get("id", EMPTY_BLOB_ID)): self})
 
     @classmethod
     def _empty(cls, meta: ObjectMeta | None = None) -> Blob:
@@ -408,7 +416,8 @@ class Blob(np.ndarray):
         return Blob._empty()
 
     def __array_finalize__(self, obj: Any) -> None:
-        self._vineyard_meta = getattr(obj, "_vineyard_meta", None)  # type: ignore[assignment]
+        self._vineyard_tree = getattr(obj, "_vineyard_tree", None)
+        self._vineyard_client = getattr(obj, "_vineyard_client", None)
 
     def __array_wrap__(self, array: Any, context: Any = None, return_scalar: bool = False) -> Any:
         result = np.asarray(array).view(np.ndarray)

@@ -3,7 +3,7 @@
 :class:`IPCTransport` receives segment fds with ``SCM_RIGHTS`` and maps each segment once.
 Every blob handed out is a view whose *exporter* is a small per-blob ctypes object: every
 numpy array, memoryview or Arrow buffer derived from it keeps it alive, and when the last
-one dies a finalizer queues a release, sent ahead of the next request (or by a background
+one dies a weak reference's callback queues a release, sent ahead of the next request (or by a background
 flush). :class:`RPCTransport` carries blob bytes over TCP after the frame that announces
 them.
 """
@@ -272,6 +272,7 @@ class IPCTransport(_Transport):
         self.segments: dict[int, mmap.mmap] = {}
         self._views: dict[int, weakref.ref[Any]] = {}
         self.addresses: dict[int, tuple[int, int]] = {}  # start address -> (blob id, size)
+        self._books = (self._views, self.addresses, self._pending)
         self._flusher: threading.Thread | None = None
         self._sock = _connect_with_retry(socket.AF_UNIX, path, path, timeout)
 
@@ -310,9 +311,9 @@ class IPCTransport(_Transport):
         for seg_id in segments:
             _release_mapping(self.segments.pop(seg_id, None))
 
-    # -- blob views --------------------------------------------------------------------
-    def view(self, blob_id: int, segment: int, offset: int, size: int) -> memoryview:
-        """A read-only view of a blob this connection now references.
+    # -- blob views ----------------------------------------------------------------------
+    def view(self, blob_id: int, segment: int, offset: int, size: int) -> Any:
+        """A buffer over a blob this connection now references (its exporter).
 
         Call it under ``self._lock`` together with the request that took the reference, so
         that the background flusher sends no release of the blob in between.
@@ -322,35 +323,18 @@ class IPCTransport(_Transport):
         if exporter is None:
             # An earlier view of this blob may have died after the request went out; its
             # queued release would drop the reference the new view stands on.
-            try:
-                self._pending.remove(blob_id)
-            except ValueError:
-                pass
+            if self._pending:
+                try:
+                    self._pending.remove(blob_id)
+                except ValueError:
+                    pass
             exporter = (ctypes.c_char * size).from_buffer(self.segments[segment], offset)
-            self._views[blob_id] = weakref.ref(exporter)
             address = ctypes.addressof(exporter)
+            self._views[blob_id] = _BlobRef(exporter, blob_id, address, self._books)
             self.addresses[address] = (blob_id, size)
-            weakref.finalize(exporter, self._released, blob_id, address, self._views, self.addresses, self._pending)
-            self._start_flusher()
-        return memoryview(exporter).cast("B").toreadonly()
-
-    @staticmethod
-    def _released(
-        blob_id: int,
-        address: int,
-        views: dict[int, weakref.ref[Any]],
-        addresses: dict[int, tuple[int, int]],
-        pending: collections.deque[int],
-    ) -> None:
-        ref = views.get(blob_id)
-        if ref is not None and ref() is not None:
-            return  # a newer view of the blob holds the reference now
-        if ref is not None:
-            del views[blob_id]
-        if addresses.get(address, (None,))[0] == blob_id:
-            del addresses[address]
-        pending.append(blob_id)
-
+            if self._flusher is None:
+                self._start_flusher()
+        return exporter
     def writable(self, segment: int, offset: int, size: int) -> np.ndarray:
         return np.frombuffer(self.segments[segment], dtype=np.uint8, count=size, offset=offset)
 
@@ -376,6 +360,35 @@ class IPCTransport(_Transport):
         for mapping in self.segments.values():
             _release_mapping(mapping)
         self.segments.clear()
+
+
+class _BlobRef(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to a blob's exporter; when the exporter dies, the blob's release is
+    queued (cheaper than ``weakref.finalize``: no registry, no atexit hook)."""
+
+    __slots__ = ("address", "blob_id", "books")
+
+    def __new__(cls, exporter: Any, blob_id: int, address: int, books: Any) -> _BlobRef:
+        return super().__new__(cls, exporter, _blob_released)
+
+    def __init__(self, exporter: Any, blob_id: int, address: int, books: Any) -> None:
+        super().__init__(exporter, _blob_released)
+        self.blob_id = blob_id
+        self.address = address
+        self.books = books
+
+
+def _blob_released(ref: _BlobRef) -> None:
+    views, addresses, pending = ref.books
+    blob_id = ref.blob_id
+    current = views.get(blob_id)
+    if current is not None and current is not ref and current() is not None:
+        return  # a newer view of the blob holds the reference now
+    if current is ref:
+        del views[blob_id]
+    if addresses.get(ref.address, (None,))[0] == blob_id:
+        del addresses[ref.address]
+    pending.append(blob_id)
 
 
 def _release_mapping(mapping: mmap.mmap | None) -> None:

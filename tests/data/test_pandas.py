@@ -261,9 +261,36 @@ def test_extension_typenames(client):
 def test_upstream_frames_without_columns_index(client):
     df = pd.DataFrame({"a": [1, 2], "b": [3.0, 4.0]})
     meta = build_dataframe(client, df)
-    del meta["columns_index_"]
+    meta.reset_key("columns_index_")
     created = client.create_metadata(meta)
     pd.testing.assert_frame_equal(client.get(created.id), df)
+
+
+@pytest.mark.parametrize(
+    ("columns", "stored"),
+    [
+        (pd.Index(["a", "b"]), False),  # the JSON keys say it all
+        (pd.Index([1, 2]), False),
+        (pd.RangeIndex(2), True),
+        (pd.Index(["a", "b"], name="letters"), True),
+        (pd.Index(["a", "b"], dtype=object), True),
+    ],
+)
+def test_columns_index_is_stored_only_when_the_keys_do_not_say_it_all(client, columns, stored):
+    df = pd.DataFrame([[1.0, 2.0]], columns=columns)
+    meta = build_dataframe(client, df)
+    assert ("columns_index_" in meta) is stored
+    back = client.get(client.put(df))
+    pd.testing.assert_index_equal(back.columns, df.columns, exact=True)
+    assert back.columns.name == df.columns.name
+
+
+def test_frames_read_back_do_not_share_their_columns_index(client):
+    object_id = client.put(pd.DataFrame({"a": [1.0], "b": [2.0]}))
+    first, second = client.get(object_id), client.get(object_id)
+    first.columns.name = "renamed"
+    assert second.columns.name is None
+    assert client.get(object_id).columns.name is None
 
 
 def test_extension_arrays_put_on_their_own(any_client):

@@ -4,9 +4,10 @@
 member ``index_``, ``__values_-size``, ``__values_-key-i`` (JSON label) and
 ``__values_-value-i`` (one member per column, see :mod:`vineyard.data.pandas_arrays`),
 ``partition_index_row_``/``partition_index_column_`` (from ``partition_index=[row, col]``,
-default -1) and ``row_batch_index_`` (default 0). We add member ``columns_index_``, the
-columns as an Index object, so non-string, tuple, duplicate and RangeIndex columns come
-back exactly; ``nbytes`` is the columns' total (upstream writes 0).
+default -1) and ``row_batch_index_`` (default 0). Where the keys alone would not give the
+columns back exactly (a RangeIndex, a name, a dtype of their own) we add member
+``columns_index_``, the columns as an Index object; ``nbytes`` is the columns' total
+(upstream writes 0).
 
 ``get`` assembles the frame from one block per column, each a view of shared memory: no
 consolidation, no copy. The first in-place write to a column copies it (copy-on-write).
@@ -17,6 +18,7 @@ the list of the partitions that are local to the client's instance.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,7 @@ import pandas as pd
 
 from vineyard.data.pandas_arrays import build_column, mark_shared, resolve_column
 from vineyard.data.pandas_index import build_index, decode_label, encode_label, resolve_index
+from vineyard.data.tensor import tensor_view
 from vineyard.ids import ObjectID
 from vineyard.meta import ObjectMeta
 
@@ -66,7 +69,9 @@ def build_dataframe(
     meta["columns_"] = "[" + ",".join(keys) + "]"
     index = build_index(client, value.index, builder=builder)
     meta.add_member("index_", index)
-    meta.add_member("columns_index_", build_index(client, value.columns, builder=builder))
+    if not _columns_from_keys(tuple(keys)).identical(value.columns):
+        # labels alone do not say it all (a RangeIndex, a name, a dtype of their own)
+        meta.add_member("columns_index_", build_index(client, value.columns, builder=builder))
     nbytes = 0
     for i, (key, array) in enumerate(zip(keys, _column_arrays(value))):
         column = build_column(client, array, builder=builder)
@@ -82,20 +87,31 @@ def build_dataframe(
     return meta
 
 
+@functools.lru_cache(maxsize=256)
+def _columns_from_keys(keys: tuple[str, ...]) -> pd.Index:
+    """The columns Index the JSON keys describe (cached: frames often share their columns;
+    callers get a copy, since an Index's name can be set in place)."""
+    return pd.Index([decode_label(key) for key in keys])
+
+
 def resolve_dataframe(obj: Any, resolver: Any = None, **kw: Any) -> pd.DataFrame:
     """The DataFrame stored in ``obj``, one block per column over shared memory."""
     from pandas.api.internals import create_dataframe_from_blocks
 
     meta = obj.meta
+    tree, buffers = meta._tree, meta._buffers
     count = int(meta["__values_-size"])
     index = resolve_index(obj.member("index_"), resolver)
     if "columns_index_" in meta:
         columns = resolve_index(obj.member("columns_index_"), resolver)
-    else:  # written by upstream: only the JSON keys
-        columns = pd.Index([decode_label(meta[f"__values_-key-{i}"]) for i in range(count)])
+    else:  # the keys say it all (and upstream writes only those)
+        columns = _columns_from_keys(tuple(tree[f"__values_-key-{i}"] for i in range(count))).copy()
     blocks = []
     for i in range(count):
-        values = resolve_column(obj.member(f"__values_-value-{i}"), resolver)
+        key = f"__values_-value-{i}"
+        values = tensor_view(tree[key], buffers)
+        if values is None:
+            values = resolve_column(obj.member(key), resolver)
         if isinstance(values, np.ndarray):
             values = values.reshape(1, -1)  # numpy blocks are (columns, rows)
         blocks.append((values, np.array([i], dtype=np.intp)))

@@ -26,6 +26,7 @@ the blob instead of copying it again.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
@@ -36,7 +37,9 @@ from numpy.lib import format as npformat
 from vineyard.ids import ObjectID
 from vineyard.meta import Object, ObjectMeta, PendingBlob
 
-__all__ = ["build_ndarray", "make_global_tensor", "ndarray", "register", "resolve_tensor", "tensor_typename"]
+__all__ = [
+    "build_ndarray", "make_global_tensor", "ndarray", "register", "resolve_tensor", "tensor_typename", "tensor_view",
+]
 
 _CPP = {"int32": "int", "uint32": "uint32", "int64": "int64", "uint64": "uint64",
         "float32": "float", "float64": "double"}
@@ -134,16 +137,54 @@ def _descr(node: Any) -> Any:
 def _dtype(meta: ObjectMeta) -> np.dtype[Any]:
     if "value_type_descr_" in meta:
         return npformat.descr_to_dtype(_descr(json.loads(meta["value_type_descr_"])))
-    if "value_type_meta_" in meta:
-        return np.dtype(meta["value_type_meta_"])
-    name = meta["value_type_"]
-    return np.dtype(_NUMPY.get(name, name))
+    return _plain_dtype(meta.get("value_type_meta_"), meta["value_type_"])
+
+
+@functools.lru_cache(maxsize=512)
+def _plain_dtype(type_meta: str | None, type_name: str) -> np.dtype[Any]:
+    if type_meta is not None:
+        return np.dtype(type_meta)
+    return np.dtype(_NUMPY.get(type_name, type_name))
+
+
+@functools.lru_cache(maxsize=4096)
+def _shape(text: str) -> tuple[int, ...]:
+    return tuple(int(s) for s in json.loads(text))
+
+
+@functools.lru_cache(maxsize=16)
+def _order_of(text: str) -> str:
+    # upstream stores JSON ('"C"'); accept a bare letter too
+    return str(json.loads(text) if text.startswith('"') else text)
 
 
 def _order(meta: ObjectMeta) -> str:
-    order = meta.get("order_", "C")
-    # upstream stores JSON ('"C"'); accept a bare letter too
-    return str(json.loads(order) if order.startswith('"') else order)
+    return _order_of(meta.get("order_", "C"))
+
+
+def tensor_view(tree: dict[str, Any], buffers: dict[int, Any]) -> np.ndarray | None:
+    """The array of a plain numeric tensor straight from its metadata tree and blob, or
+    ``None`` when it needs :func:`resolve_tensor` (strings, objects, structured dtypes,
+    empty or missing blobs, short blobs)."""
+    typename = tree.get("typename")
+    if typename in (STRING_TYPENAME, OBJECT_TYPENAME) or "value_type_descr_" in tree:
+        return None
+    blob_node = tree.get("buffer_")
+    if type(blob_node) is not dict:
+        return None
+    blob = buffers.get(blob_node.get("id"))
+    try:
+        shape = _shape(tree["shape_"])
+        dtype = _plain_dtype(tree.get("value_type_meta_"), tree["value_type_"])
+        order = _order_of(tree.get("order_", "C"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if blob is None or (len(shape) != 1 and order != "C"):
+        return None
+    count = shape[0] if len(shape) == 1 else math.prod(shape)
+    if count == 0 or len(blob) < count * dtype.itemsize:
+        return None
+    return np.frombuffer(blob, dtype=dtype, count=count).reshape(shape)
 
 
 def resolve_tensor(obj: Any, resolver: Any = None, **kw: Any) -> Any:
@@ -155,7 +196,7 @@ def resolve_tensor(obj: Any, resolver: Any = None, **kw: Any) -> Any:
         The blob is smaller than the shape and dtype need.
     """
     meta = obj.meta
-    shape = tuple(int(s) for s in json.loads(meta["shape_"]))
+    shape = _shape(meta["shape_"])
     typename = meta.typename
     if typename == STRING_TYPENAME:
         from vineyard.data import arrow
