@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
+import socket
+import time
 
 import numpy as np
 import pytest
@@ -110,15 +113,65 @@ def test_an_inline_put_past_the_limit_fails_cleanly(make_daemon):
         assert small.status.memory_usage == 8000
 
 
-def test_busy_polling_daemon_and_client_answer_correctly(make_daemon, monkeypatch):
+@pytest.mark.parametrize("poll_us", [0, 100])
+def test_busy_polling_daemon_and_client_answer_correctly(make_daemon, monkeypatch, poll_us):
     import vineyard.transport
 
-    monkeypatch.setattr(vineyard.transport, "_BUSY_POLL", 100e-6)
-    daemon = make_daemon(size="64Mi", args=["--busy-poll-us", "100"])
+    monkeypatch.setattr(vineyard.transport, "_BUSY_POLL", poll_us / 1e6)
+    daemon = make_daemon(size="64Mi", args=["--busy-poll-us", str(poll_us)])
     with vineyard.connect(daemon.socket) as polled:
         for i in range(50):
             value = np.full(8, i)
             np.testing.assert_array_equal(polled.get(polled.put(value)), value)
+
+
+class _LateReplies:
+    """A socket whose reply is never there for a non-blocking read (a late daemon)."""
+
+    def __init__(self):
+        self.polls = 0
+
+    def recvmsg(self, size, ancsize, flags=0):
+        if flags & socket.MSG_DONTWAIT:
+            self.polls += 1
+            raise BlockingIOError
+        return b"reply", [], 0, None
+
+
+def test_a_client_stops_polling_while_replies_come_late(client, monkeypatch):
+    import vineyard.transport as transport_module
+
+    monkeypatch.setattr(transport_module, "_BUSY_POLL", 20e-6)
+    transport, late = client._t, _LateReplies()
+    transport._poll_pause = transport._poll_misses = 0  # whatever the real replies did so far
+    for _ in range(transport_module._POLL_MISSES):
+        assert transport._poll_pause == 0
+        polls = late.polls
+        assert transport._recv(late) == b"reply"
+        assert late.polls - polls > 1  # it polled before it slept
+    assert transport._poll_pause == transport_module._POLL_PAUSE
+    polls = late.polls
+    transport._recv(late)
+    assert late.polls - polls == 1  # one look, then straight to sleep
+    assert transport._poll_pause == transport_module._POLL_PAUSE - 1
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_quiet_daemon_does_not_keep_polling(make_daemon):
+    daemon = make_daemon(size="64Mi", args=["--busy-poll-us", "5000"])  # long windows
+    with vineyard.connect(daemon.socket) as client:
+        for _ in range(20):
+            client.exists(1)
+        time.sleep(0.2)
+        before = _cpu_seconds(daemon.pid)
+        time.sleep(1.0)
+        # a window is 5 ms and opens only after work: an idle second costs next to nothing
+        assert _cpu_seconds(daemon.pid) - before < 0.1
 
 
 def test_an_explicit_endpoint_wins_over_the_environment(store, monkeypatch):

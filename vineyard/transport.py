@@ -43,7 +43,23 @@ _RECV = 1 << 18
 _ANC = socket.CMSG_SPACE(253 * 4)
 _PARALLEL_COPY = 16 << 20
 _COPY_WORKERS = min(4, os.cpu_count() or 1)
-_BUSY_POLL = max(0, int(os.environ.get("VINEYARD_BUSY_POLL_US", "0"))) / 1e6
+
+def _busy_poll_setting() -> float:
+    text = os.environ.get("VINEYARD_BUSY_POLL_US", "").strip()
+    try:
+        return max(0, int(text)) / 1e6 if text else 50e-6
+    except ValueError:
+        log.warning("VINEYARD_BUSY_POLL_US=%r is not a whole number of microseconds; using 50", text)
+        return 50e-6
+
+
+#: How long a client polls for a reply before it sleeps. A reply to a small request comes
+#: within tens of microseconds, and being woken up on another CPU costs about as much again.
+_BUSY_POLL = _busy_poll_setting()
+#: Replies missed in a row (polling ran out) before a connection stops polling for a while:
+#: on a loaded host the reply is late anyway, and the polling would only take CPU.
+_POLL_MISSES = 4
+_POLL_PAUSE = 200  # requests without polling, then it tries again
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -274,20 +290,35 @@ class IPCTransport(_Transport):
         self.addresses: dict[int, tuple[int, int]] = {}  # start address -> (blob id, size)
         self._books = (self._views, self.addresses, self._pending)
         self._flusher: threading.Thread | None = None
+        self._poll_misses = 0
+        self._poll_pause = 0
         self._sock = _connect_with_retry(socket.AF_UNIX, path, path, timeout)
 
     def _recv(self, sock: socket.socket) -> bytes:
-        # Poll briefly before sleeping: the reply usually arrives within tens of
-        # microseconds, and being woken up on another CPU costs about as much again.
-        deadline = time.perf_counter() + _BUSY_POLL
-        while True:
-            try:
-                data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC, socket.MSG_DONTWAIT)
-                break
-            except BlockingIOError:
-                if time.perf_counter() >= deadline:
-                    data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC)
-                    break
+        spin = _BUSY_POLL
+        if self._poll_pause:
+            self._poll_pause -= 1
+            spin = 0.0
+        try:
+            data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = None
+            if spin:
+                deadline = time.perf_counter() + spin
+                while time.perf_counter() < deadline:
+                    try:
+                        data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC, socket.MSG_DONTWAIT)
+                        self._poll_misses = 0
+                        break
+                    except BlockingIOError:
+                        pass
+                else:
+                    self._poll_misses += 1
+                    if self._poll_misses >= _POLL_MISSES:
+                        self._poll_misses = 0
+                        self._poll_pause = _POLL_PAUSE
+            if data is None:
+                data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC)
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")

@@ -58,6 +58,8 @@ log = logging.getLogger("vineyard.store")
 _RECV = 1 << 18
 _DEFER = object()
 _FDS_PER_MESSAGE = 200  # well under the kernel's SCM_MAX_FD (253)
+_POLL_MISSES = 4  # busy-poll windows that ran out empty, in a row, before a pause
+_POLL_PAUSE = 200  # wake-ups without busy-polling, then it tries again
 _SCRATCH = memoryview(bytearray(1 << 20))  # where the bytes of a refused RPC upload go
 
 
@@ -75,7 +77,7 @@ class ServerConfig:
     deployment: str = "local"
     allow_uids: frozenset[int] | None = None
     allow_gids: frozenset[int] | None = None
-    busy_poll_us: int = 0
+    busy_poll_us: int = 50
     spill_path: str | None = None  # spilling of cold blobs to this directory (store/spill.py)
     spill_lower_rate: float = 0.3
     spill_upper_rate: float = 0.8
@@ -203,19 +205,34 @@ class Server:
             self.selector.register(wakeup_fd, selectors.EVENT_READ, ("wakeup", None))
         spin = self.config.busy_poll_us / 1e6
         busy_until = 0.0
+        misses = paused = 0
         while not self._stopping:
             timeout = None
             if self._timers:
                 timeout = min(3600.0, max(0.0, self._timers[0][0] - time.monotonic()))
             # Busy-poll briefly after work: a client's next request usually follows within
             # microseconds, and waking a sleeping thread on another CPU costs 20-40 us here.
-            ready = self.selector.select(0) if spin and time.monotonic() < busy_until else None
-            if not ready:
-                if ready is not None:
+            # Windows that run out empty, several in a row, pause the polling for a while:
+            # then requests are far apart (or the host is busy) and polling only takes CPU.
+            ready = None
+            if busy_until:
+                ready = self.selector.select(0)
+                if ready:
+                    misses = 0
+                elif time.monotonic() < busy_until:
                     continue
+                else:
+                    busy_until = 0.0
+                    misses += 1
+                    if misses >= _POLL_MISSES:
+                        misses, paused = 0, _POLL_PAUSE
+            if not ready:
                 ready = self.selector.select(timeout)
             if spin:
-                busy_until = time.monotonic() + spin
+                if paused:
+                    paused -= 1
+                else:
+                    busy_until = time.monotonic() + spin
             for key, events in ready:
                 what, arg = key.data
                 if what == "conn":
