@@ -198,7 +198,8 @@ def run_worker(env: Env, plan: dict[str, Any], round_no: int, daemon_size: str, 
         plan_path = os.path.join(tmp, "plan.json")
         with open(plan_path, "w") as f:
             json.dump(plan, f)
-        extra = {"RAY_AUTH_MODE": "disabled"} if env.system == "ray" else {}
+        # with clusters off, Ray keeps its servers on loopback (otherwise it listens everywhere)
+        extra = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if env.system == "ray" else {}
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [env.python, str(BENCH / "worker.py"), "--role", "main", "--system", env.system,

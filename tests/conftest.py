@@ -3,10 +3,16 @@ a factory for tests that need a daemon of their own (small memory limit, special
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+# Ray turns a node address of 127.0.0.1 into the host's own interface address and then
+# listens on every interface, unless clusters are off (as on macOS): then it stays on
+# loopback. Set before anything imports ray; Ray's own processes inherit it.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import vineyard
 from vineyard.testing import Daemon

@@ -205,3 +205,82 @@ def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = {pid}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _socket_inodes(pids: set[int]) -> dict[int, int]:
+    inodes: dict[int, int] = {}  # inode -> pid
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[int(target[8:-1])] = pid
+    return inodes
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    except OSError:
+        return "?"
+
+
+def _is_loopback(hex_address: str) -> bool:
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 4:  # /proc/net/tcp: one little-endian word
+        return raw[::-1][0] == 127
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))  # tcp6: four such words
+    if words == bytes(15) + b"\x01":
+        return True  # ::1
+    return words[:12] == bytes(10) + b"\xff\xff" and words[12] == 127  # ::ffff:127.x.x.x
+
+
+def non_loopback_listeners(root_pid: int | None = None) -> list[str]:
+    """TCP sockets listening on an address outside 127.0.0.0/8 and ::1, held by ``root_pid``
+    (default: this process) or any of its descendants, as ``"address:port (pid …)"``."""
+    pids = _descendants(os.getpid() if root_pid is None else root_pid)
+    owned = _socket_inodes(pids)
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], int(fields[9])
+            if state != "0A" or inode not in owned:  # 0A: LISTEN
+                continue
+            address, port = local.rsplit(":", 1)
+            if not _is_loopback(address):
+                pid = owned[inode]
+                found.append(f"{address}:{int(port, 16)} ({table.rsplit('/', 1)[1]}, pid {pid}: {_command(pid)})")
+    return found

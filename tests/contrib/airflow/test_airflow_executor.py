@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from vineyard.contrib.airflow.refs import StoreRef
+from vineyard.testing import non_loopback_listeners
 
 FRAME_ROWS = 2_500_000
 RSS_SLACK = 25 << 20  # a copy of the frame would add ~100 MB of private memory
@@ -45,3 +46,6 @@ def test_consumer_process_reads_the_producers_pages(executor_run: Any, airflow_s
     assert facts["buffers_in_store"] == facts["buffers"]
     assert facts["rss_anon_growth"] < RSS_SLACK
 
+
+def test_the_api_server_and_the_task_processes_listen_on_loopback_only(executor_run: Any) -> None:
+    assert non_loopback_listeners() == []

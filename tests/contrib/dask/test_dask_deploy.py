@@ -17,6 +17,8 @@ import dask_tasks as tasks
 from conftest import HERE, make_cluster, wait_for
 from distributed import Client, wait
 
+from vineyard.testing import non_loopback_listeners
+
 MB = 1_000_000
 
 
@@ -28,6 +30,9 @@ def test_dask_worker_cli(how, daemon, store, tmp_path):
         worker = subprocess.Popen(
             [sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address, "--nworkers", "1",
              "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard", "--memory-limit", "2GiB",
+             # the nanny serves HTTP (health, metrics) even without a dashboard: on every
+             # interface unless told otherwise
+             "--dashboard-address", "127.0.0.1:0",
              "--local-directory", str(tmp_path), *option],
             env={**os.environ, "VINEYARD_IPC_SOCKET": daemon.socket,
                  "PYTHONPATH": os.pathsep.join(filter(None, [HERE, os.environ.get("PYTHONPATH")]))},
@@ -35,6 +40,7 @@ def test_dask_worker_cli(how, daemon, store, tmp_path):
         )
         try:
             client.wait_for_workers(1, timeout=60)
+            assert non_loopback_listeners() == []
             (address,) = client.scheduler_info()["workers"]
             assert client.run(tasks.describe)[address] == {"data": True, "plugin": True}
             if how == "--preload-nanny":
@@ -65,3 +71,8 @@ def test_vineyard_worker_takes_its_settings_from_the_dask_config(daemon, store):
             assert worker.data.object_id(small.key) is None
             assert worker.data.object_id(big.key) is not None
             del small, big
+
+
+def test_the_local_cluster_listens_on_loopback_only(client):
+    assert len(client.scheduler_info()["workers"]) == 2
+    assert non_loopback_listeners() == []

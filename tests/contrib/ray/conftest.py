@@ -21,7 +21,8 @@ import pytest
 import vineyard
 from vineyard.testing import Daemon
 
-ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every Ray server on loopback (see tests/conftest.py)
+ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @pytest.fixture(scope="package")
