@@ -278,6 +278,8 @@ BAD_REQUESTS = [
     ({"type": "exists", "id": None}, "'id'"),
     ({"type": "get_buffers", "ids": [1], "unsafe": 1}, "'unsafe'"),
     ({"type": "create_buffers", "sizes": [1, "2"]}, "'sizes'"),
+    ({"type": "create_buffers", "sizes": [1, 2], "runs": [0, 2]}, "'runs'"),
+    ({"type": "create_buffers", "sizes": [1, 2], "runs": [[0, -1]]}, "'runs'"),
     ({"type": "create_data", "tree": []}, "'tree'"),
     ({"type": "create_data", "tree": {}, "name": 3}, "'name'"),
     ({"type": "put_name", "id": 1}, "lacks the field 'name'"),
@@ -308,7 +310,7 @@ def test_every_kind_validates_its_required_fields(kind: str) -> None:
 
 
 def _sample(check: object) -> object:
-    for candidate in (1, [1], "s", {"k": "v"}, True, 1.5, [b"bytes"]):
+    for candidate in (1, [1], "s", {"k": "v"}, True, 1.5, [b"bytes"], [[0, 2]]):
         if check(candidate):  # type: ignore[operator]
             return candidate
     raise AssertionError(f"no sample value passes {check}")

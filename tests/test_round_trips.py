@@ -126,7 +126,8 @@ def test_busy_polling_daemon_and_client_answer_correctly(make_daemon, monkeypatc
 
 
 class _LateReplies:
-    """A socket whose reply is never there for a non-blocking read (a late daemon)."""
+    """A socket whose reply is never there for a non-blocking read, and comes in a
+    blocking one 50 ms later (a slow daemon)."""
 
     def __init__(self):
         self.polls = 0
@@ -135,25 +136,24 @@ class _LateReplies:
         if flags & socket.MSG_DONTWAIT:
             self.polls += 1
             raise BlockingIOError
+        time.sleep(0.05)
         return b"reply", [], 0, None
 
 
-def test_a_client_stops_polling_while_replies_come_late(client, monkeypatch):
+def test_a_client_polls_only_while_replies_come_quickly(client, monkeypatch):
     import vineyard.transport as transport_module
 
     monkeypatch.setattr(transport_module, "_BUSY_POLL", 20e-6)
     transport, late = client._t, _LateReplies()
-    transport._poll_pause = transport._poll_misses = 0  # whatever the real replies did so far
-    for _ in range(transport_module._POLL_MISSES):
-        assert transport._poll_pause == 0
-        polls = late.polls
-        assert transport._recv(late) == b"reply"
-        assert late.polls - polls > 1  # it polled before it slept
-    assert transport._poll_pause == transport_module._POLL_PAUSE
+    transport._last_wait = 0.0  # as after a quick reply
+    assert transport._recv(late) == b"reply"
+    assert late.polls > 1  # it polled before it slept
+    assert transport._last_wait >= 0.05
     polls = late.polls
     transport._recv(late)
-    assert late.polls - polls == 1  # one look, then straight to sleep
-    assert transport._poll_pause == transport_module._POLL_PAUSE - 1
+    assert late.polls - polls == 1  # a slow last reply: one look, then straight to sleep
+    client.exists(1)  # a real, quick reply: polling pays again
+    assert transport._last_wait < 0.05
 
 
 def _cpu_seconds(pid):

@@ -9,6 +9,7 @@ where each blob lives; the resolver builds arrays over the mapping without copyi
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import numbers
@@ -605,6 +606,30 @@ class ClientBase:
         return Blob._empty()
 
 
+def _adjacent_runs(sources: list[np.ndarray]) -> list[list[int]]:
+    """``[start, count]`` of each stretch of two or more non-empty sources that lie one
+    after the other in memory (the columns of one DataFrame block do)."""
+    runs: list[list[int]] = []
+    start, end = 0, -1
+    for i, source in enumerate(sources):
+        address = source.__array_interface__["data"][0]
+        if source.nbytes and address == end:
+            end += source.nbytes
+            continue
+        if i - start > 1:
+            runs.append([start, i - start])
+        start, end = i, (address + source.nbytes if source.nbytes else -1)
+    if len(sources) - start > 1:
+        runs.append([start, len(sources) - start])
+    return runs
+
+
+def _span(first: np.ndarray, nbytes: int) -> np.ndarray:
+    """The ``nbytes`` that start at ``first`` (whose neighbours the caller holds alive)."""
+    address = first.__array_interface__["data"][0]
+    return np.frombuffer((ctypes.c_char * nbytes).from_address(address), dtype=np.uint8)
+
+
 def _address(pointer: Any) -> int:
     if isinstance(pointer, (int, np.integer)):
         return int(pointer)
@@ -631,11 +656,22 @@ class IPCClient(ClientBase):
 
     def _upload(self, pendings: list[PendingBlob], seal: bool) -> list[int]:
         t = self._t
-        reply = t.request({"type": "create_buffers", "sizes": [p.nbytes for p in pendings]})
-        ids = []
-        for pending, (blob_id, seg, off, size) in zip(pendings, reply["blobs"], strict=True):
-            copy_into(t.writable(seg, off, size), pending.source)
-            ids.append(blob_id)
+        runs = _adjacent_runs([p.source for p in pendings])
+        message: dict[str, Any] = {"type": "create_buffers", "sizes": [p.nbytes for p in pendings]}
+        if runs:
+            message["runs"] = runs
+        reply = t.request(message)
+        locs = reply["blobs"]
+        ids = [loc[0] for loc in locs]
+        i = 0
+        for start, count in [*runs, [len(pendings), 0]]:
+            for pending, (_, seg, off, size) in zip(pendings[i:start], locs[i:start], strict=True):
+                copy_into(t.writable(seg, off, size), pending.source)
+            if count:  # sources side by side, blobs side by side: one copy for the run
+                total = sum(p.nbytes for p in pendings[start : start + count])
+                _, seg, off, _ = locs[start]
+                copy_into(t.writable(seg, off, total), _span(pendings[start].source, total))
+            i = start + count
         if seal:
             t.request({"type": "seal", "ids": ids})
             t.queue_release(ids)
@@ -659,18 +695,41 @@ class IPCClient(ClientBase):
         reply = self._t.request({"type": "get_data", "ids": ids})
         trees = reply["metas"]
         buffers: dict[int, Any] = {}
-        if reply["blobs"]:
-            nodes: dict[int, dict[str, Any]] = {}
-            for tree in trees:
-                self._blob_nodes(tree, nodes)
-            view = self._t.view
-            for blob_id, seg, off, size in reply["blobs"]:
-                if blob_id in buffers:
-                    continue
-                node = nodes[blob_id]
-                meta = ObjectMeta._wrap(node, self, buffers)
-                buffers[blob_id] = Blob._make(view(blob_id, seg, off, size) if size else b"", meta)
+        locs = reply["blobs"]
+        if locs:
+            instance = self.instance_id
+            for loc, array in zip(locs, self._views(locs), strict=True):
+                blob_id = loc[0]
+                if blob_id not in buffers:
+                    # the same fields as the blob's node in the tree (see ObjectStore.tree)
+                    node = _blob_tree(blob_id, loc[3], instance)
+                    buffers[blob_id] = Blob._make(array, ObjectMeta._wrap(node, self, buffers))
         return trees, buffers
+
+    def _views(self, locs: list[Any]) -> list[Any]:
+        """An array (or ``b""``) per blob location; blobs that lie one after the other (a
+        run, such as the columns of a DataFrame block) share one exporter."""
+        t = self._t
+        views = t._views
+        out: list[Any] = []
+        i, n = 0, len(locs)
+        while i < n:
+            blob_id, seg, off, size = locs[i]
+            j = i + 1
+            if size and blob_id not in views:
+                end = off + size
+                while j < n:
+                    nxt = locs[j]
+                    if nxt[1] != seg or nxt[2] != end or not nxt[3] or nxt[0] in views:
+                        break
+                    end += nxt[3]
+                    j += 1
+            if j - i > 1:
+                out.extend(t.view_run(locs[i:j]))
+            else:
+                out.append(t.view(blob_id, seg, off, size) if size else b"")
+            i = j
+        return out
 
     # -- blob-level API ----------------------------------------------------------------
     def create_blob(self, size: int | list[int]) -> Any:

@@ -210,6 +210,10 @@ def _uints(value: Any) -> bool:
     return type(value) is list and all(type(v) is int and 0 <= v <= MAX_ID for v in value)
 
 
+def _runs(value: Any) -> bool:
+    return type(value) is list and all(type(v) is list and _uints(v) for v in value)
+
+
 def _bins(value: Any) -> bool:
     return type(value) is list and all(type(v) is bytes for v in value)
 
@@ -250,7 +254,7 @@ REQUESTS: Final[dict[str, Spec]] = {
     "status": {},
     "cluster_meta": {},
     "ping": {},
-    "create_buffers": {"sizes": (_uints, _REQUIRED)},
+    "create_buffers": {"sizes": (_uints, _REQUIRED), "runs": (_runs, [])},
     "create_remote_buffers": {"sizes": (_uints, _REQUIRED)},
     "seal": {"ids": (_uints, _REQUIRED)},
     "abort_buffer": {"id": (_uint, _REQUIRED)},

@@ -56,10 +56,6 @@ def _busy_poll_setting() -> float:
 #: How long a client polls for a reply before it sleeps. A reply to a small request comes
 #: within tens of microseconds, and being woken up on another CPU costs about as much again.
 _BUSY_POLL = _busy_poll_setting()
-#: Replies missed in a row (polling ran out) before a connection stops polling for a while:
-#: on a loaded host the reply is late anyway, and the polling would only take CPU.
-_POLL_MISSES = 4
-_POLL_PAUSE = 200  # requests without polling, then it tries again
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -290,35 +286,30 @@ class IPCTransport(_Transport):
         self.addresses: dict[int, tuple[int, int]] = {}  # start address -> (blob id, size)
         self._books = (self._views, self.addresses, self._pending)
         self._flusher: threading.Thread | None = None
-        self._poll_misses = 0
-        self._poll_pause = 0
+        self._last_wait = 0.0  # how long the last reply kept this connection asleep
         self._sock = _connect_with_retry(socket.AF_UNIX, path, path, timeout)
 
     def _recv(self, sock: socket.socket) -> bytes:
-        spin = _BUSY_POLL
-        if self._poll_pause:
-            self._poll_pause -= 1
-            spin = 0.0
         try:
             data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC, socket.MSG_DONTWAIT)
         except BlockingIOError:
             data = None
-            if spin:
-                deadline = time.perf_counter() + spin
+            # Poll only while replies come quickly: the last wait predicts the next one.
+            if _BUSY_POLL and self._last_wait <= 2 * _BUSY_POLL:
+                start = time.perf_counter()
+                deadline = start + _BUSY_POLL
                 while time.perf_counter() < deadline:
                     try:
                         data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC, socket.MSG_DONTWAIT)
-                        self._poll_misses = 0
                         break
                     except BlockingIOError:
                         pass
-                else:
-                    self._poll_misses += 1
-                    if self._poll_misses >= _POLL_MISSES:
-                        self._poll_misses = 0
-                        self._poll_pause = _POLL_PAUSE
             if data is None:
+                start = time.perf_counter()
                 data, ancdata, _, _ = sock.recvmsg(_RECV, _ANC)
+                self._last_wait = time.perf_counter() - start
+            else:
+                self._last_wait = 0.0
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")
@@ -343,29 +334,45 @@ class IPCTransport(_Transport):
             _release_mapping(self.segments.pop(seg_id, None))
 
     # -- blob views ----------------------------------------------------------------------
-    def view(self, blob_id: int, segment: int, offset: int, size: int) -> Any:
-        """A buffer over a blob this connection now references (its exporter).
+    def view(self, blob_id: int, segment: int, offset: int, size: int) -> np.ndarray:
+        """A uint8 array over a blob this connection now references.
 
         Call it under ``self._lock`` together with the request that took the reference, so
         that the background flusher sends no release of the blob in between.
         """
         ref = self._views.get(blob_id)
         exporter = ref() if ref is not None else None
-        if exporter is None:
+        if exporter is not None:
+            start = offset - ref.offset  # type: ignore[union-attr]
+            return np.frombuffer(exporter, dtype=np.uint8, count=size, offset=start)
+        return self.view_run([(blob_id, segment, offset, size)])[0]
+
+    def view_run(self, locs: list[Any]) -> list[np.ndarray]:
+        """uint8 arrays over blobs that lie one after the other in one segment, all over one
+        exporter: arrays that span several of them (a DataFrame block) keep them all."""
+        pending = self._pending
+        for blob_id, *_ in locs:
             # An earlier view of this blob may have died after the request went out; its
             # queued release would drop the reference the new view stands on.
-            if self._pending:
-                try:
-                    self._pending.remove(blob_id)
-                except ValueError:
-                    pass
-            exporter = (ctypes.c_char * size).from_buffer(self.segments[segment], offset)
-            address = ctypes.addressof(exporter)
-            self._views[blob_id] = _BlobRef(exporter, blob_id, address, self._books)
+            if pending and blob_id in pending:
+                pending.remove(blob_id)
+        _, segment, first, _ = locs[0]
+        last = locs[-1]
+        exporter = (ctypes.c_char * (last[2] + last[3] - first)).from_buffer(self.segments[segment], first)
+        base = ctypes.addressof(exporter)
+        ids = tuple(loc[0] for loc in locs)
+        starts = tuple(base + loc[2] - first for loc in locs)
+        ref = _BlobRef(exporter, ids, starts, first, self._books)
+        whole = np.frombuffer(exporter, dtype=np.uint8)
+        out = []
+        for (blob_id, _, offset, size), address in zip(locs, starts):
+            self._views[blob_id] = ref
             self.addresses[address] = (blob_id, size)
-            if self._flusher is None:
-                self._start_flusher()
-        return exporter
+            out.append(whole[offset - first : offset - first + size])
+        if self._flusher is None:
+            self._start_flusher()
+        return out
+
     def writable(self, segment: int, offset: int, size: int) -> np.ndarray:
         return np.frombuffer(self.segments[segment], dtype=np.uint8, count=size, offset=offset)
 
@@ -394,32 +401,36 @@ class IPCTransport(_Transport):
 
 
 class _BlobRef(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference to a blob's exporter; when the exporter dies, the blob's release is
-    queued (cheaper than ``weakref.finalize``: no registry, no atexit hook)."""
+    """A weak reference to the exporter of one blob, or of a run of adjacent blobs; when it
+    dies, their releases are queued (cheaper than ``weakref.finalize``: no registry, no
+    atexit hook)."""
 
-    __slots__ = ("address", "blob_id", "books")
+    __slots__ = ("addresses", "blob_ids", "books", "offset")
 
-    def __new__(cls, exporter: Any, blob_id: int, address: int, books: Any) -> _BlobRef:
+    def __new__(cls, exporter: Any, blob_ids: tuple[int, ...], addresses: tuple[int, ...], offset: int,
+                books: Any) -> _BlobRef:
         return super().__new__(cls, exporter, _blob_released)
 
-    def __init__(self, exporter: Any, blob_id: int, address: int, books: Any) -> None:
+    def __init__(self, exporter: Any, blob_ids: tuple[int, ...], addresses: tuple[int, ...], offset: int,
+                 books: Any) -> None:
         super().__init__(exporter, _blob_released)
-        self.blob_id = blob_id
-        self.address = address
+        self.blob_ids = blob_ids
+        self.addresses = addresses  # where each blob starts in this process
+        self.offset = offset  # where the exporter starts in its segment
         self.books = books
 
 
 def _blob_released(ref: _BlobRef) -> None:
     views, addresses, pending = ref.books
-    blob_id = ref.blob_id
-    current = views.get(blob_id)
-    if current is not None and current is not ref and current() is not None:
-        return  # a newer view of the blob holds the reference now
-    if current is ref:
-        del views[blob_id]
-    if addresses.get(ref.address, (None,))[0] == blob_id:
-        del addresses[ref.address]
-    pending.append(blob_id)
+    for blob_id, address in zip(ref.blob_ids, ref.addresses):
+        current = views.get(blob_id)
+        if current is not ref and current is not None and current() is not None:
+            continue  # a newer view of the blob holds the reference now
+        if current is ref:
+            del views[blob_id]
+        if addresses.get(address, (None,))[0] == blob_id:
+            del addresses[address]
+        pending.append(blob_id)
 
 
 def _release_mapping(mapping: mmap.mmap | None) -> None:

@@ -9,8 +9,10 @@ columns back exactly (a RangeIndex, a name, a dtype of their own) we add member
 ``columns_index_``, the columns as an Index object; ``nbytes`` is the columns' total
 (upstream writes 0).
 
-``get`` assembles the frame from one block per column, each a view of shared memory: no
-consolidation, no copy. The first in-place write to a column copies it (copy-on-write).
+A DataFrame block's columns are stored as adjacent blobs (one allocation, one copy), and
+``get`` puts them back together as one 2-D block over shared memory, without a copy; other
+columns come back one block each. The first in-place write to a block copies it
+(copy-on-write).
 
 ``vineyard::GlobalDataFrame`` (:func:`make_global_dataframe`) resolves, as upstream, to
 the list of the partitions that are local to the client's instance.
@@ -26,7 +28,7 @@ import pandas as pd
 
 from vineyard.data.pandas_arrays import build_column, mark_shared, resolve_column
 from vineyard.data.pandas_index import build_index, decode_label, encode_label, resolve_index
-from vineyard.data.tensor import tensor_view
+from vineyard.data.tensor import tensor_spec, tensor_view
 from vineyard.ids import ObjectID
 from vineyard.meta import ObjectMeta
 
@@ -94,6 +96,12 @@ def _columns_from_keys(keys: tuple[str, ...]) -> pd.Index:
     return pd.Index([decode_label(key) for key in keys])
 
 
+def _own_copy(index: pd.Index) -> pd.Index:
+    """A new Index object over the same (immutable) values: its name is its own."""
+    view = getattr(index, "_view", None)
+    return view() if view is not None else index.copy()
+
+
 def resolve_dataframe(obj: Any, resolver: Any = None, **kw: Any) -> pd.DataFrame:
     """The DataFrame stored in ``obj``, one block per column over shared memory."""
     from pandas.api.internals import create_dataframe_from_blocks
@@ -105,9 +113,18 @@ def resolve_dataframe(obj: Any, resolver: Any = None, **kw: Any) -> pd.DataFrame
     if "columns_index_" in meta:
         columns = resolve_index(obj.member("columns_index_"), resolver)
     else:  # the keys say it all (and upstream writes only those)
-        columns = _columns_from_keys(tuple(tree[f"__values_-key-{i}"] for i in range(count))).copy()
-    blocks = []
-    for i in range(count):
+        columns = _own_copy(_columns_from_keys(tuple(tree[f"__values_-key-{i}"] for i in range(count))))
+    client = meta._client
+    views = getattr(getattr(client, "_t", None), "_views", {})
+    blocks: list[tuple[Any, np.ndarray]] = []
+    i = 0
+    while i < count:
+        run = _column_run(tree, i, count, views) if views else None
+        if run is not None:
+            block, j = run
+            blocks.append((block, np.arange(i, j, dtype=np.intp)))
+            i = j
+            continue
         key = f"__values_-value-{i}"
         values = tensor_view(tree[key], buffers)
         if values is None:
@@ -115,9 +132,47 @@ def resolve_dataframe(obj: Any, resolver: Any = None, **kw: Any) -> pd.DataFrame
         if isinstance(values, np.ndarray):
             values = values.reshape(1, -1)  # numpy blocks are (columns, rows)
         blocks.append((values, np.array([i], dtype=np.intp)))
+        i += 1
     df = create_dataframe_from_blocks(blocks, index=index, columns=columns)
     mark_shared(df)
     return df
+
+
+def _column_run(tree: dict[str, Any], i: int, count: int, views: Any) -> tuple[np.ndarray, int] | None:
+    """Columns ``i .. j-1`` as one read-only (columns, rows) block, and ``j``, when they are
+    numeric tensors of one dtype and length whose blobs came as one run (adjacent, in
+    order, over one exporter: the block they were stored from); else None."""
+    node = tree[f"__values_-value-{i}"]
+    spec = tensor_spec(node)
+    if spec is None:
+        return None
+    dtype, shape = spec
+    blob_id = node["buffer_"]["id"]
+    ref = views.get(blob_id)
+    if ref is None or len(ref.blob_ids) < 2 or len(shape) != 1:
+        return None
+    members, rows = ref.blob_ids, shape[0]
+    nbytes = rows * dtype.itemsize
+    first = members.index(blob_id)
+    kind = (node["typename"], node.get("value_type_meta_"), node["shape_"])
+    j = i
+    while j < count and first + j - i < len(members):
+        nxt = tree[f"__values_-value-{j}"]
+        blob = nxt.get("buffer_")
+        if (
+            type(blob) is not dict or blob.get("id") != members[first + j - i] or blob.get("length") != nbytes
+            or (nxt.get("typename"), nxt.get("value_type_meta_"), nxt.get("shape_")) != kind
+            or "value_type_descr_" in nxt
+        ):
+            break
+        j += 1
+    exporter = ref()
+    if j - i < 2 or exporter is None:
+        return None
+    offset = ref.addresses[first] - ref.addresses[0]
+    block = np.frombuffer(exporter, dtype=dtype, count=rows * (j - i), offset=offset).reshape(j - i, rows)
+    block.flags.writeable = False
+    return block, j
 
 
 def make_global_dataframe(client: Any, blocks: list[Any], extra_meta: dict[str, Any] | None = None) -> ObjectMeta:

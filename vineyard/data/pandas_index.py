@@ -62,6 +62,8 @@ def decode_label(text: Any) -> Any:
     """The label :func:`encode_label` wrote (or upstream's ``json.dumps(name)``)."""
     if not isinstance(text, str):
         return text
+    if text == "null":  # no name: the usual case
+        return None
     try:
         return _from_plain(json.loads(text))
     except ValueError:  # not JSON: a bare name written by hand

@@ -38,7 +38,8 @@ from vineyard.ids import ObjectID
 from vineyard.meta import Object, ObjectMeta, PendingBlob
 
 __all__ = [
-    "build_ndarray", "make_global_tensor", "ndarray", "register", "resolve_tensor", "tensor_typename", "tensor_view",
+    "build_ndarray", "make_global_tensor", "ndarray", "register", "resolve_tensor", "tensor_spec",
+    "tensor_typename", "tensor_view",
 ]
 
 _CPP = {"int32": "int", "uint32": "uint32", "int64": "int64", "uint64": "uint64",
@@ -162,27 +163,36 @@ def _order(meta: ObjectMeta) -> str:
     return _order_of(meta.get("order_", "C"))
 
 
-def tensor_view(tree: dict[str, Any], buffers: dict[int, Any]) -> np.ndarray | None:
-    """The array of a plain numeric tensor straight from its metadata tree and blob, or
-    ``None`` when it needs :func:`resolve_tensor` (strings, objects, structured dtypes,
-    empty or missing blobs, short blobs)."""
+def tensor_spec(tree: dict[str, Any]) -> tuple[np.dtype[Any], tuple[int, ...]] | None:
+    """dtype and shape of a plain numeric tensor (C order, or 1-D) with a blob, or None
+    when it needs :func:`resolve_tensor` (strings, objects, structured dtypes, Fortran)."""
     typename = tree.get("typename")
     if typename in (STRING_TYPENAME, OBJECT_TYPENAME) or "value_type_descr_" in tree:
         return None
-    blob_node = tree.get("buffer_")
-    if type(blob_node) is not dict:
+    if type(tree.get("buffer_")) is not dict:
         return None
-    blob = buffers.get(blob_node.get("id"))
     try:
         shape = _shape(tree["shape_"])
         dtype = _plain_dtype(tree.get("value_type_meta_"), tree["value_type_"])
         order = _order_of(tree.get("order_", "C"))
     except (KeyError, TypeError, ValueError):
         return None
-    if blob is None or (len(shape) != 1 and order != "C"):
+    if len(shape) != 1 and order != "C":
         return None
+    return dtype, shape
+
+
+def tensor_view(tree: dict[str, Any], buffers: dict[int, Any]) -> np.ndarray | None:
+    """The array of a plain numeric tensor straight from its metadata tree and blob, or
+    ``None`` when it needs :func:`resolve_tensor` (see :func:`tensor_spec`; also empty,
+    missing or short blobs)."""
+    spec = tensor_spec(tree)
+    if spec is None:
+        return None
+    dtype, shape = spec
+    blob = buffers.get(tree["buffer_"].get("id"))
     count = shape[0] if len(shape) == 1 else math.prod(shape)
-    if count == 0 or len(blob) < count * dtype.itemsize:
+    if blob is None or count == 0 or len(blob) < count * dtype.itemsize:
         return None
     return np.frombuffer(blob, dtype=dtype, count=count).reshape(shape)
 

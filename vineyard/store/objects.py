@@ -38,11 +38,21 @@ from vineyard.store.allocator import Action, Allocation, Allocator
 __all__ = ["BLOB_TYPENAME", "BlobRecord", "ObjectRecord", "ObjectStore"]
 
 BLOB_TYPENAME = "vineyard::Blob"
+_TREE_BLOBS_KEPT = 65536  # objects whose blob lists ``get`` remembers
 _GLOBAL_INSTANCE = (1 << 64) - 1
 # keys the store itself maintains; shallow_copy's extra metadata may not override them
 _SYSTEM_KEYS = frozenset(
     {"id", "typename", "signature", "instance_id", "transient", "nbytes", "global", "__timestamp", "__name"}
 )
+
+
+@dataclass(slots=True)
+class Region:
+    """One allocation shared by blobs created as a run (adjacent in memory, in order): it is
+    freed when the last of them lets go of it (dropped, or spilled to disk)."""
+
+    alloc: Allocation
+    live: int
 
 
 @dataclass(slots=True)
@@ -55,6 +65,7 @@ class BlobRecord:
     deleted: bool = False
     created: float = field(default_factory=time.time)
     spilled: str | None = None  # the spill file while the bytes are on disk (then alloc is None)
+    region: Region | None = None  # set when ``alloc`` is a slice of a run's allocation
 
     @property
     def sealed(self) -> bool:
@@ -92,6 +103,7 @@ class ObjectStore:
         self.names_of: dict[int, set[str]] = {}  # object id -> its names
         self.held: dict[int, set[int]] = {}  # connection id -> blob ids it references
         self._trees: dict[int, dict[str, Any]] = {}
+        self._tree_blobs: dict[int, tuple[dict[str, Any], list[int]]] = {}  # id -> (tree, its blob ids)
         # store/spill.py's Spiller when spilling is on: told when blobs turn cold, hot or go
         self.spill: Any = None
         # in a cluster (store/clusterview.py): blobs of other instances, known by size and owner
@@ -100,12 +112,33 @@ class ObjectStore:
         self.cluster: Any = None
 
     # -- blobs -------------------------------------------------------------------------
-    def create_blobs(self, conn: int, sizes: list[int]) -> tuple[list[BlobRecord], list[Action]]:
-        """Allocate unsealed blobs for ``conn``; all or none (memory errors roll back)."""
+    def create_blobs(
+        self, conn: int, sizes: list[int], runs: list[list[int]] | None = None
+    ) -> tuple[list[BlobRecord], list[Action]]:
+        """Allocate unsealed blobs for ``conn``; all or none (memory errors roll back).
+
+        ``runs`` (``[start, count]`` pairs) ask for blobs that lie next to each other, in
+        order, in one allocation: a client copies such a run with one copy and can view it
+        as one array (the columns of a DataFrame block).
+
+        Raises
+        ------
+        InvalidException
+            A run is out of range, overlaps another, has fewer than two blobs or an empty one.
+        """
+        run_at = self._check_runs(sizes, runs or [])
         made: list[BlobRecord] = []
         actions: list[Action] = []
         try:
-            for size in sizes:
+            i = 0
+            while i < len(sizes):
+                count = run_at.get(i, 0)
+                if count:
+                    made.extend(self._create_run(conn, sizes[i : i + count], actions))
+                    i += count
+                    continue
+                size = sizes[i]
+                i += 1
                 if size == 0:
                     made.append(self.blobs[EMPTY_BLOB_ID])
                     continue
@@ -114,8 +147,7 @@ class ObjectStore:
                 made.append(BlobRecord(self.ids.blob_id(), size, alloc, conn))
         except BaseException as exc:
             for blob in made:
-                if blob.alloc is not None:
-                    actions.extend(self.allocator.free(blob.alloc))
+                actions.extend(self.free_memory(blob))
             # segments made on the way are in the allocator's books: the memory layer must
             # still carry these actions out, or the two disagree (the server applies them)
             exc.actions = actions  # type: ignore[attr-defined]
@@ -126,6 +158,43 @@ class ObjectStore:
                 self.held.setdefault(conn, set()).add(blob.id)
                 blob.holders.add(conn)
         return made, actions
+
+    @staticmethod
+    def _check_runs(sizes: list[int], runs: list[list[int]]) -> dict[int, int]:
+        run_at: dict[int, int] = {}
+        end = 0
+        for run in sorted(runs):
+            if len(run) != 2:
+                raise InvalidException(f"a run is [start, count], not {run!r}")
+            start, count = run
+            if start < end or count < 2 or start + count > len(sizes) or 0 in sizes[start : start + count]:
+                raise InvalidException(
+                    f"run {run!r} does not fit {len(sizes)} blob sizes: runs need two or more "
+                    "non-empty blobs, inside the request, without overlapping"
+                )
+            run_at[start] = count
+            end = start + count
+        return run_at
+
+    def _create_run(self, conn: int, sizes: list[int], actions: list[Action]) -> list[BlobRecord]:
+        alloc, acts = (self.spill or self.allocator).allocate(sum(sizes))
+        actions.extend(acts)
+        region = Region(alloc, len(sizes))
+        made, offset = [], alloc.offset
+        for size in sizes:
+            part = Allocation(alloc.segment, offset, size)
+            made.append(BlobRecord(self.ids.blob_id(), size, part, conn, region=region))
+            offset += size
+        return made
+
+    def free_memory(self, blob: BlobRecord) -> list[Action]:
+        """Let go of ``blob``'s memory: its allocation, or its share of a run's."""
+        alloc, blob.alloc = blob.alloc, None
+        region, blob.region = blob.region, None
+        if region is not None:
+            region.live -= 1
+            return self.allocator.free(region.alloc) if region.live == 0 else []
+        return self.allocator.free(alloc) if alloc is not None else []
 
     def seal(self, conn: int, blob_ids: list[int]) -> None:
         for blob_id in blob_ids:
@@ -157,6 +226,8 @@ class ObjectStore:
             raise InvalidException(f"blob {_oid(blob_id)} belongs to another connection")
         if size > blob.size:
             raise InvalidException(f"cannot shrink blob {_oid(blob_id)} of {blob.size} bytes to {size}")
+        if blob.region is not None:
+            raise InvalidException(f"blob {_oid(blob_id)} is part of a run and cannot shrink")
         if size == 0 or blob.alloc is None:
             blob.size = size
             return []
@@ -224,10 +295,7 @@ class ObjectStore:
             if held is not None:
                 held.discard(blob.id)
         blob.holders.clear()
-        if blob.alloc is None:
-            return []
-        alloc, blob.alloc = blob.alloc, None
-        return self.allocator.free(alloc)
+        return self.free_memory(blob)
 
     def _blob(self, blob_id: int) -> BlobRecord:
         blob = self.blobs.get(blob_id)
@@ -379,7 +447,18 @@ class ObjectStore:
     def get(self, conn: int, object_id: int) -> tuple[dict[str, Any], list[BlobRecord]]:
         """The tree of ``object_id`` and its blobs, now referenced by ``conn``."""
         tree = self.tree(object_id)
-        ids = [object_id] if object_id & BLOB_BIT else self.blob_ids(tree, [])
+        if object_id & BLOB_BIT:
+            ids = [object_id]
+        else:
+            # a tree's blobs never change; a rebuilt tree (after any change) is a new dict
+            known = self._tree_blobs.get(object_id)
+            if known is not None and known[0] is tree:
+                ids = known[1]
+            else:
+                ids = self.blob_ids(tree, [])
+                if len(self._tree_blobs) >= _TREE_BLOBS_KEPT:
+                    self._tree_blobs.clear()
+                self._tree_blobs[object_id] = (tree, ids)
         blobs = []
         for blob_id in ids:
             blob = self.blobs.get(blob_id)

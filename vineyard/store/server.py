@@ -58,8 +58,6 @@ log = logging.getLogger("vineyard.store")
 _RECV = 1 << 18
 _DEFER = object()
 _FDS_PER_MESSAGE = 200  # well under the kernel's SCM_MAX_FD (253)
-_POLL_MISSES = 4  # busy-poll windows that ran out empty, in a row, before a pause
-_POLL_PAUSE = 200  # wake-ups without busy-polling, then it tries again
 _SCRATCH = memoryview(bytearray(1 << 20))  # where the bytes of a refused RPC upload go
 
 
@@ -204,35 +202,25 @@ class Server:
         if wakeup_fd is not None:
             self.selector.register(wakeup_fd, selectors.EVENT_READ, ("wakeup", None))
         spin = self.config.busy_poll_us / 1e6
-        busy_until = 0.0
-        misses = paused = 0
+        busy_until = idle_since = 0.0
         while not self._stopping:
             timeout = None
             if self._timers:
                 timeout = min(3600.0, max(0.0, self._timers[0][0] - time.monotonic()))
             # Busy-poll briefly after work: a client's next request usually follows within
             # microseconds, and waking a sleeping thread on another CPU costs 20-40 us here.
-            # Windows that run out empty, several in a row, pause the polling for a while:
-            # then requests are far apart (or the host is busy) and polling only takes CPU.
+            # Only while requests come close together: the last gap predicts the next one,
+            # so a quiet daemon (or a busy host with sparse requests) does not spin.
             ready = None
             if busy_until:
                 ready = self.selector.select(0)
-                if ready:
-                    misses = 0
-                elif time.monotonic() < busy_until:
+                if not ready and time.monotonic() < busy_until:
                     continue
-                else:
-                    busy_until = 0.0
-                    misses += 1
-                    if misses >= _POLL_MISSES:
-                        misses, paused = 0, _POLL_PAUSE
             if not ready:
                 ready = self.selector.select(timeout)
             if spin:
-                if paused:
-                    paused -= 1
-                else:
-                    busy_until = time.monotonic() + spin
+                now = time.monotonic()
+                busy_until = now + spin if now - idle_since <= 2 * spin else 0.0
             for key, events in ready:
                 what, arg = key.data
                 if what == "conn":
@@ -255,6 +243,8 @@ class Server:
                     if arg is not None:  # a wake-up with work attached (store/cluster.py)
                         arg()
             self._run_timers()
+            if spin:
+                idle_since = time.monotonic()
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -553,7 +543,7 @@ class Server:
 
     def _create_buffers(self, conn: Connection, req: dict[str, Any]) -> Any:
         try:
-            blobs, actions = self.store.create_blobs(conn.id, req["sizes"])
+            blobs, actions = self.store.create_blobs(conn.id, req["sizes"], req["runs"])
         except VineyardException as exc:
             self._apply(getattr(exc, "actions", []))  # what the rolled-back allocation left
             raise

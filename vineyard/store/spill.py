@@ -638,12 +638,12 @@ class Spiller:
         with self._view(alloc.segment, alloc.offset, blob.size) as data:
             path = self.storage.write(blob.id, data)
         self.cold_list.discard(blob.id)
-        blob.alloc = None
+        actions = self.store.free_memory(blob)  # a run's memory goes with its last resident blob
         blob.spilled = path
         self.spilled[blob.id] = blob.size
         self.spilled_bytes += blob.size
         self.spill_count += 1
-        self._apply(self.allocator.free(alloc))
+        self._apply(actions)
 
     def _failed(self, blob: BlobRecord, exc: OSError) -> None:
         self.failures += 1
