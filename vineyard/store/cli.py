@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--busy-poll-us", "--busy_poll_us", dest="busy_poll_us", type=int, default=50,
                    help="after answering, poll for the next request this long before sleeping "
                         "(microseconds, default 50, 0 = off): saves a cross-CPU wake-up per "
-                        "request in a busy exchange; pauses itself while requests are far apart")
+                        "request in a busy exchange; only while requests come close together")
     p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"])
     p.add_argument("--deployment", default="local", choices=["local", "distributed"])
