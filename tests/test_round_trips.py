@@ -136,14 +136,23 @@ class _LateReplies:
         if flags & socket.MSG_DONTWAIT:
             self.polls += 1
             raise BlockingIOError
-        time.sleep(0.05)
+        if self.delay:
+            time.sleep(self.delay)
         return b"reply", [], 0, None
+
+    delay = 0.05
+
+
+class _PromptReplies(_LateReplies):
+    """The same, but the blocking read returns at once (a daemon that answered)."""
+
+    delay = 0.0
 
 
 def test_a_client_polls_only_while_replies_come_quickly(client, monkeypatch):
     import vineyard.transport as transport_module
 
-    monkeypatch.setattr(transport_module, "_BUSY_POLL", 20e-6)
+    monkeypatch.setattr(transport_module, "_BUSY_POLL", 1e-3)  # 1 ms windows, 50 ms late replies
     transport, late = client._t, _LateReplies()
     transport._last_wait = 0.0  # as after a quick reply
     assert transport._recv(late) == b"reply"
@@ -152,8 +161,11 @@ def test_a_client_polls_only_while_replies_come_quickly(client, monkeypatch):
     polls = late.polls
     transport._recv(late)
     assert late.polls - polls == 1  # a slow last reply: one look, then straight to sleep
-    client.exists(1)  # a real, quick reply: polling pays again
+    transport._recv(_PromptReplies())  # a prompt reply: polling pays again
     assert transport._last_wait < 0.05
+    polls = late.polls
+    assert transport._recv(late) == b"reply"
+    assert late.polls - polls > 1  # polled again before it slept
 
 
 def _cpu_seconds(pid):
