@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import vineyard
-from vineyard.testing import address_in_store, store_mappings
+from vineyard.testing import address_in_store, store_mappings, wait_until
 
 MiB = 1 << 20
 
@@ -233,3 +233,23 @@ def test_unmap_notices_ride_on_descriptor_only_frames(make_daemon) -> None:
         assert [int(g[0]) for g in got[:3]] == [0, 1, 2]
         assert segment not in reader._t.segments
         assert f"/memfd:vineyard-{daemon.pid}-{segment}" not in mappings_by_name()
+
+
+def test_pages_are_released_at_the_lowest_priority() -> None:
+    from vineyard.store.memory import _Releaser
+
+    releaser = _Releaser()
+    fd = os.memfd_create("vineyard-test-release")
+    os.ftruncate(fd, 1 << 20)
+    releaser.submit(fd)
+    tid = releaser._thread.native_id
+    wait_until(lambda: _nice(tid) == 19, what="the release thread at nice 19")
+    releaser.drain()
+
+
+def _nice(tid):
+    try:
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[16])
+    except OSError:
+        return None
