@@ -10,6 +10,7 @@ where each blob lives; the resolver builds arrays over the mapping without copyi
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import math
 import numbers
@@ -667,10 +668,15 @@ class IPCClient(ClientBase):
         for start, count in [*runs, [len(pendings), 0]]:
             for pending, (_, seg, off, size) in zip(pendings[i:start], locs[i:start], strict=True):
                 copy_into(t.writable(seg, off, size), pending.source)
-            if count:  # sources side by side, blobs side by side: one copy for the run
+            run = locs[start : start + count]
+            if count and all(b[1] == run[0][1] and b[2] == a[2] + a[3] for a, b in itertools.pairwise(run)):
+                # sources side by side, blobs side by side: one copy for the run
                 total = sum(p.nbytes for p in pendings[start : start + count])
-                _, seg, off, _ = locs[start]
+                _, seg, off, _ = run[0]
                 copy_into(t.writable(seg, off, total), _span(pendings[start].source, total))
+            else:  # (a daemon that did not place the run: one copy per blob)
+                for pending, (_, seg, off, size) in zip(pendings[start : start + count], run, strict=True):
+                    copy_into(t.writable(seg, off, size), pending.source)
             i = start + count
         if seal:
             t.request({"type": "seal", "ids": ids})

@@ -134,3 +134,20 @@ def test_a_spilled_block_comes_back_whole(tmp_path) -> None:
             pd.testing.assert_frame_equal(back, df)
     finally:
         daemon.stop()
+
+
+def test_a_daemon_that_ignores_runs_still_gets_every_column_right(client, monkeypatch) -> None:
+    transport = client._t
+    request = transport.request
+
+    def without_runs(message, *args, **kw):
+        if message.get("type") == "create_buffers":
+            message = {k: v for k, v in message.items() if k != "runs"}
+        return request(message, *args, **kw)
+
+    monkeypatch.setattr(transport, "request", without_runs)
+    df = pd.DataFrame(np.arange(4 * 300_000, dtype=np.float64).reshape(300_000, 4))  # 2.4 MB columns
+    object_id = client.put(df)
+    reply = request({"type": "get_data", "ids": [int(object_id)]})
+    assert len({seg for _, seg, _, _ in reply["blobs"]}) == 4  # a segment each: no run was made
+    pd.testing.assert_frame_equal(client.get(object_id), df)
