@@ -58,6 +58,7 @@ log = logging.getLogger("vineyard.store")
 _RECV = 1 << 18
 _DEFER = object()
 _FDS_PER_MESSAGE = 200  # well under the kernel's SCM_MAX_FD (253)
+_ACTIVE = 0.005  # a connection that sent something this recently (s) counts as busy
 _SCRATCH = memoryview(bytearray(1 << 20))  # where the bytes of a refused RPC upload go
 
 
@@ -203,6 +204,9 @@ class Server:
             self.selector.register(wakeup_fd, selectors.EVENT_READ, ("wakeup", None))
         spin = self.config.busy_poll_us / 1e6
         busy_until = idle_since = 0.0
+        # Polling takes a CPU: only while the clients sending requests leave one free for it.
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        last_seen: dict[int, float] = {}  # connection id -> when it last sent something
         while not self._stopping:
             timeout = None
             if self._timers:
@@ -215,12 +219,22 @@ class Server:
             if busy_until:
                 ready = self.selector.select(0)
                 if not ready and time.monotonic() < busy_until:
+                    os.sched_yield()  # a client waiting for this CPU goes first
                     continue
             if not ready:
                 ready = self.selector.select(timeout)
             if spin:
                 now = time.monotonic()
-                busy_until = now + spin if now - idle_since <= 2 * spin else 0.0
+                busy_until = 0.0
+                if now - idle_since <= 2 * spin:
+                    for key, _ in ready:
+                        if key.data[0] == "conn":
+                            last_seen[key.data[1].id] = now
+                    if len(last_seen) > 4 * cpus:  # forget the quiet ones
+                        last_seen = {c: t for c, t in last_seen.items() if now - t < _ACTIVE}
+                    active = sum(1 for t in last_seen.values() if now - t < _ACTIVE)
+                    if active < cpus:
+                        busy_until = now + spin
             for key, events in ready:
                 what, arg = key.data
                 if what == "conn":
