@@ -133,7 +133,8 @@ class FrameDecoder:
             raise RemoteProtocolError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
         if not isinstance(message, dict):
             raise RemoteProtocolError(f"a frame must hold a map, not {type(message).__name__}")
-        if self._check_depth and _too_deep(message, MAX_NESTING):
+        # every container takes at least one byte: a short frame cannot nest too deep
+        if self._check_depth and length > MAX_NESTING and _too_deep(message, MAX_NESTING):
             raise RemoteProtocolError(f"a frame nested deeper than {MAX_NESTING} levels")
         return message
 

@@ -79,8 +79,8 @@ def build_ndarray(client: Any, value: np.ndarray, partition_index: Any = None, b
         An object array would need pickle, and pickle is disabled.
     """
     meta = ObjectMeta(global_=bool(kw.get("global_", False)))
-    meta["shape_"] = json.dumps([int(s) for s in value.shape])
-    meta["partition_index_"] = _json_list(partition_index if partition_index is not None else [], "partition_index")
+    meta["shape_"] = "[" + ", ".join(str(int(s)) for s in value.shape) + "]"  # as json.dumps writes it
+    meta["partition_index_"] = "[]" if partition_index is None else _json_list(partition_index, "partition_index")
     dtype = value.dtype
     if dtype.kind == "U" or (dtype.kind == "O" and value.size and _all_str(value)):
         return _build_strings(client, value, meta)
@@ -95,16 +95,23 @@ def build_ndarray(client: Any, value: np.ndarray, partition_index: Any = None, b
         meta["nbytes"] = 0
         return meta
     order = "F" if value.ndim > 1 and value.flags.f_contiguous and not value.flags.c_contiguous else "C"
-    meta["typename"] = tensor_typename(dtype)
-    meta["value_type_"] = dtype.name
-    meta["value_type_meta_"] = dtype.str
+    typename, name, text = _dtype_names(dtype)
+    meta["typename"] = typename
+    meta["value_type_"] = name
+    meta["value_type_meta_"] = text
     if dtype.fields is not None:
         meta["value_type_descr_"] = json.dumps(npformat.dtype_to_descr(dtype))
-    meta["order_"] = json.dumps(order)
+    meta["order_"] = '"F"' if order == "F" else '"C"'  # JSON strings, as upstream
     meta["nbytes"] = int(value.nbytes)
     # a Fortran array's transpose is a C-contiguous view of the same bytes: no copy
     meta.add_member("buffer_", PendingBlob(value.T if order == "F" else value))
     return meta
+
+
+@functools.lru_cache(maxsize=256)
+def _dtype_names(dtype: np.dtype[Any]) -> tuple[str, str, str]:
+    """Typename, ``value_type_`` and ``value_type_meta_`` of a dtype (``dtype.name`` is slow)."""
+    return tensor_typename(dtype), dtype.name, dtype.str
 
 
 def _build_strings(client: Any, value: np.ndarray, meta: ObjectMeta) -> ObjectMeta:
