@@ -37,8 +37,9 @@ TABLES: list[tuple[str, str, str]] = [
     ("held", "shared memory held after deleting everything", "bytes"),
 ]
 LIMIT_TABLES: list[tuple[str, str]] = [
-    ("memcpy1", "memcpy, one thread, destination faulted in"),
-    ("memcpy2", "memcpy, two threads, destination faulted in"),
+    ("memcpy1", "memcpy, one thread, into faulted-in shared memory"),
+    ("memcpy2", "memcpy, two threads, into faulted-in shared memory"),
+    ("memcpy2_private", "(not a limit) memcpy, two threads, into private memory (huge pages if given)"),
     ("fresh", "copy into fresh shared-memory pages"),
     ("rtt", "pure-Python UNIX-socket round trip (blocking echo server)"),
 ]

@@ -42,6 +42,7 @@ __all__ = [
     "frame_buffers",
     "make_backend",
     "rss_anon",
+    "shared_like",
     "shm_held",
     "timed",
     "zero_copy_report",
@@ -55,6 +56,17 @@ STORE_MAPPING: dict[str, re.Pattern[str]] = {
 }
 
 _SHM_FILE = re.compile(r"^(/memfd:|/dev/shm/)")
+
+
+def shared_like(src: np.ndarray) -> tuple[Any, np.ndarray]:
+    """A shared mapping (and an array over it) shaped like ``src``, every page faulted in:
+    the kind of memory a store's put copies into, for the memcpy limits."""
+    import mmap
+
+    segment = mmap.mmap(-1, max(1, src.nbytes), mmap.MAP_SHARED)
+    dst = np.frombuffer(segment, dtype=src.dtype, count=src.size).reshape(src.shape)
+    dst.fill(1)
+    return segment, dst
 
 
 # -- timing ------------------------------------------------------------------------------

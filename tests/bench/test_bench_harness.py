@@ -52,3 +52,26 @@ def test_quick_run_writes_expected_json(tmp_path: Path, monkeypatch: pytest.Monk
     assert "tiny get ≤ 0.25x upstream" in names
     assert all({"value", "threshold", "met"} <= set(t) for t in doc["summary"]["targets"])
     assert (out / "latest.png").stat().st_size > 0
+    limit_rows = {(r["group"], r["case"]) for r in runs["limits"]["result"]["rows"]}
+    assert {("memcpy1", "8 B"), ("memcpy2", "1 KiB")} <= limit_rows
+
+
+def test_memcpy_limits_copy_into_faulted_in_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench.worker_lib import shared_like
+
+    src = np.arange(300_000, dtype=np.float64)
+    segment, dst = shared_like(src)
+    assert dst.shape == src.shape
+    assert dst.dtype == src.dtype
+    assert (dst == 1).all()
+    address = dst.__array_interface__["data"][0]
+    with open("/proc/self/maps") as f:
+        spans = [line.split() for line in f]
+    perms = [p[1] for p in spans if int(p[0].split("-")[0], 16) <= address < int(p[0].split("-")[1], 16)]
+    assert len(perms) == 1
+    assert perms[0].endswith("s")  # a shared mapping, not numpy's private memory
+    del dst
+    segment.close()
