@@ -136,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="members of this group (name or gid) may connect; repeatable")
     p.add_argument("--reuse-cache", "--reuse_cache", dest="reuse_cache", type=_cache_arg, default=None,
                    help="freed memory kept resident for reuse (default: a quarter of --size)")
-    p.add_argument("--busy-poll-us", "--busy_poll_us", dest="busy_poll_us", type=int, default=50,
+    p.add_argument("--busy-poll-us", "--busy_poll_us", dest="busy_poll_us", type=int, default=100,
                    help="after answering, poll for the next request this long before sleeping "
-                        "(microseconds, default 50, 0 = off): saves a cross-CPU wake-up per "
+                        "(microseconds, default 100, 0 = off): saves a cross-CPU wake-up per "
                         "request in a busy exchange; only while requests come close together")
     p.add_argument("--log-level", "--log_level", dest="log_level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"])

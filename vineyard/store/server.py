@@ -19,7 +19,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +51,7 @@ from vineyard.store.memory import SegmentTable
 from vineyard.store.objects import BlobRecord, ObjectStore
 from vineyard.store.spill import Spiller, SpillStorage, spill_status
 
-__all__ = ["Server", "ServerConfig", "install_signal_handlers"]
+__all__ = ["PollWindow", "Server", "ServerConfig", "install_signal_handlers"]
 
 log = logging.getLogger("vineyard.store")
 
@@ -76,11 +76,51 @@ class ServerConfig:
     deployment: str = "local"
     allow_uids: frozenset[int] | None = None
     allow_gids: frozenset[int] | None = None
-    busy_poll_us: int = 50
+    busy_poll_us: int = 100
     spill_path: str | None = None  # spilling of cold blobs to this directory (store/spill.py)
     spill_lower_rate: float = 0.3
     spill_upper_rate: float = 0.8
     instance_id: int = 0  # registered in the cluster (store/cluster.py); 0 alone
+
+
+class PollWindow:
+    """When the daemon busy-polls for the next request instead of sleeping.
+
+    A client's next request usually follows its reply within tens of microseconds, and
+    waking a sleeping thread on another CPU costs 20-40 µs here; so after answering, the
+    daemon polls for ``spin`` seconds. Only while requests come close together (the last
+    idle gap at most twice the window: the last gap predicts the next), and only while
+    fewer connections are busy (sent something in the last ``_ACTIVE`` s) than there are
+    CPUs, since then polling would take a CPU a client needs.
+    """
+
+    def __init__(self, spin: float, cpus: int) -> None:
+        self.spin = spin
+        self.cpus = cpus
+        self.idle_since = 0.0  # when the last work ended
+        self.busy_until = 0.0  # poll until then (0: sleep)
+        self._poll = False
+        self._last_seen: dict[int, float] = {}  # connection id -> when it last sent something
+
+    def woke(self, now: float, senders: Iterable[int]) -> None:
+        """Work arrived at ``now`` from these connections."""
+        self._poll = False
+        if not self.spin or now - self.idle_since > 2 * self.spin:
+            return
+        seen = self._last_seen
+        for conn_id in senders:
+            seen[conn_id] = now
+        if len(seen) > 4 * self.cpus:  # forget the quiet ones
+            self._last_seen = seen = {c: t for c, t in seen.items() if now - t < _ACTIVE}
+        active = sum(1 for t in seen.values() if now - t < _ACTIVE)
+        self._poll = active < self.cpus
+
+    def done(self, now: float) -> None:
+        """The work (and its replies) ended at ``now``: the window opens from here, since a
+        client's next request comes that long after it read its reply, however long the
+        work took."""
+        self.idle_since = now
+        self.busy_until = now + self.spin if self._poll else 0.0
 
 
 class Connection:
@@ -202,39 +242,23 @@ class Server:
     def serve_forever(self, wakeup_fd: int | None = None) -> None:
         if wakeup_fd is not None:
             self.selector.register(wakeup_fd, selectors.EVENT_READ, ("wakeup", None))
-        spin = self.config.busy_poll_us / 1e6
-        busy_until = idle_since = 0.0
-        # Polling takes a CPU: only while the clients sending requests leave one free for it.
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        last_seen: dict[int, float] = {}  # connection id -> when it last sent something
+        window = PollWindow(self.config.busy_poll_us / 1e6, cpus)
+        spin = window.spin
         while not self._stopping:
             timeout = None
             if self._timers:
                 timeout = min(3600.0, max(0.0, self._timers[0][0] - time.monotonic()))
-            # Busy-poll briefly after work: a client's next request usually follows within
-            # microseconds, and waking a sleeping thread on another CPU costs 20-40 us here.
-            # Only while requests come close together: the last gap predicts the next one,
-            # so a quiet daemon (or a busy host with sparse requests) does not spin.
             ready = None
-            if busy_until:
+            if window.busy_until:
                 ready = self.selector.select(0)
-                if not ready and time.monotonic() < busy_until:
+                if not ready and time.monotonic() < window.busy_until:
                     os.sched_yield()  # a client waiting for this CPU goes first
                     continue
             if not ready:
                 ready = self.selector.select(timeout)
             if spin:
-                now = time.monotonic()
-                busy_until = 0.0
-                if now - idle_since <= 2 * spin:
-                    for key, _ in ready:
-                        if key.data[0] == "conn":
-                            last_seen[key.data[1].id] = now
-                    if len(last_seen) > 4 * cpus:  # forget the quiet ones
-                        last_seen = {c: t for c, t in last_seen.items() if now - t < _ACTIVE}
-                    active = sum(1 for t in last_seen.values() if now - t < _ACTIVE)
-                    if active < cpus:
-                        busy_until = now + spin
+                window.woke(time.monotonic(), (key.data[1].id for key, _ in ready if key.data[0] == "conn"))
             for key, events in ready:
                 what, arg = key.data
                 if what == "conn":
@@ -258,7 +282,7 @@ class Server:
                         arg()
             self._run_timers()
             if spin:
-                idle_since = time.monotonic()
+                window.done(time.monotonic())
         self._shutdown()
 
     def _shutdown(self) -> None:
