@@ -52,7 +52,7 @@ def test_large_allocations_get_a_dedicated_page_aligned_segment(size: int, charg
 
 
 def test_freeing_a_dedicated_segment_caches_it_then_closes_it_past_the_cache_limit() -> None:
-    alloc = small(cache_limit=1 * MiB)
+    alloc = small(cache_limit=1 * MiB, arena_size=128 * KiB)  # the excess (256 KiB) is past an arena
     a, _ = alloc.allocate(512 * KiB)
     b, _ = alloc.allocate(768 * KiB)
     assert alloc.free(a) == []  # kept resident for reuse
@@ -120,7 +120,7 @@ def test_the_limit_is_hard_and_the_error_names_the_sizes() -> None:
 
 
 def test_cached_memory_makes_room_when_the_limit_needs_it() -> None:
-    alloc = small(limit=1 * MiB, cache_limit=1 * MiB)
+    alloc = small(limit=1 * MiB, cache_limit=1 * MiB, arena_size=256 * KiB)
     a, _ = alloc.allocate(600 * KiB)
     alloc.free(a)
     assert alloc.cached_bytes == 600 * KiB
@@ -287,9 +287,51 @@ def test_small_allocations_push_cached_memory_out_past_the_limit() -> None:
     alloc = Allocator(1 * MiB, arena_size=256 * KiB, dedicated_threshold=64 * KiB, cache_limit=1 * MiB)
     d, _ = alloc.allocate(600 * KiB)
     alloc.free(d)
-    closed = []
-    for _ in range(8):
+    released = []
+    for _ in range(17):  # 1,020 KiB in all
         _, actions = alloc.allocate(60 * KiB)
-        closed += [a for a in actions if a.kind == "close"]
+        released += [a for a in actions if a.segment == d.segment]
         assert alloc.used + alloc.cached_bytes <= alloc.limit
-    assert closed == [Action("close", d.segment)]
+    # the cached segment was trimmed from its end, a little at a time, as room was needed
+    assert {a.kind for a in released} == {"punch"}
+    assert [a.offset + a.length for a in released] == [600 * KiB] + [a.offset for a in released[:-1]]
+    assert alloc.cached_bytes == released[-1].offset == 4 * KiB
+    _, actions = alloc.allocate(4 * KiB)  # the last byte of the limit: the segment goes
+    assert Action("close", d.segment) in actions
+
+
+def test_only_the_excess_is_trimmed_off_a_large_cached_segment() -> None:
+    alloc = small(limit=64 * MiB, cache_limit=8 * MiB, arena_size=1 * MiB)
+    big, _ = alloc.allocate(8 * MiB)
+    alloc.free(big)
+    assert alloc.cached_bytes == 8 * MiB
+    small_one, _ = alloc.allocate(512 * KiB)
+    # freeing it caches it too: 512 KiB too many, punched off the end of the big one
+    assert alloc.free(small_one) == [Action("punch", big.segment, 8 * MiB - 512 * KiB, 512 * KiB)]
+    assert alloc.cached_bytes == 8 * MiB
+    # the trimmed segment is still reused for its size (its end faults in again)
+    again, actions = alloc.allocate(8 * MiB)
+    assert again.segment == big.segment
+    assert actions == []
+    assert alloc.cached_bytes == 512 * KiB
+
+
+def test_an_excess_past_an_arena_closes_the_segment_in_one_go() -> None:
+    alloc = small(limit=64 * MiB, cache_limit=8 * MiB, arena_size=1 * MiB)
+    big, _ = alloc.allocate(8 * MiB)
+    alloc.free(big)
+    other, _ = alloc.allocate(2 * MiB)
+    assert alloc.free(other) == [Action("close", big.segment)]
+    assert alloc.cached_bytes == 2 * MiB
+
+
+def test_trim_releases_every_cached_segment_whole() -> None:
+    alloc = small(limit=64 * MiB, cache_limit=16 * MiB, arena_size=1 * MiB)
+    a, _ = alloc.allocate(8 * MiB)
+    b, _ = alloc.allocate(100)
+    alloc.free(a)
+    alloc.free(b)
+    actions = alloc.trim()
+    assert Action("close", a.segment) in actions
+    assert Action("punch", b.segment, 0, PAGE) in actions
+    assert alloc.cached_bytes == 0
