@@ -435,8 +435,11 @@ def group_held(backend: Any, plan: dict[str, Any], rec: Recorder) -> None:
     time.sleep(0.7)  # ours also flushes releases in the background every 0.5 s
     backend.flush()
     held = lib.shm_held(backend.store_pids(plan.get("daemon_pid")))
+    status = backend.status()
+    left = status.get("memory_usage") or 0
+    note = f"{left:,} bytes still in objects the workloads left" if left else ""
     rec.add("held", "after deleting everything", [float(held["bytes"])], kind="bytes",
-            files=held["files"], status=backend.status())
+            files=held["files"], status=status, note=note)
 
 
 GROUPS: dict[str, Callable[[Any, dict[str, Any], Recorder], None]] = {
