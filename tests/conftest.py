@@ -66,9 +66,7 @@ def any_client(request: pytest.FixtureRequest, store: Daemon) -> Iterator[vineya
     c.close()
 
 
-@pytest.fixture
-def make_daemon() -> Iterator[Callable[..., Daemon]]:
-    """Start daemons of one's own: ``make_daemon(size="64Mi", args=[...])``; stopped by PID."""
+def _daemon_factory() -> Iterator[Callable[..., Daemon]]:
     started: list[Daemon] = []
 
     def make(**kw: Any) -> Daemon:
@@ -79,3 +77,15 @@ def make_daemon() -> Iterator[Callable[..., Daemon]]:
     yield make
     for daemon in started:
         daemon.stop()
+
+
+@pytest.fixture
+def make_daemon() -> Iterator[Callable[..., Daemon]]:
+    """Start daemons of one's own: ``make_daemon(size="64Mi", args=[...])``; stopped by PID."""
+    yield from _daemon_factory()
+
+
+@pytest.fixture(scope="module")
+def make_daemon_module() -> Iterator[Callable[..., Daemon]]:
+    """The same, for daemons shared by one module's tests."""
+    yield from _daemon_factory()

@@ -81,22 +81,6 @@ def victim(make_daemon_module):
     return make_daemon_module(size="64Mi")
 
 
-@pytest.fixture(scope="module")
-def make_daemon_module():
-    from vineyard.testing import Daemon
-
-    started: list[Daemon] = []
-
-    def make(**kw):
-        d = Daemon(**kw)
-        started.append(d)
-        return d
-
-    yield make
-    for d in started:
-        d.stop()
-
-
 def _still_serving(path: str) -> None:
     with vineyard.connect(path) as client:
         object_id = client.put(np.arange(1000, dtype=np.int64))
