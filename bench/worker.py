@@ -12,7 +12,8 @@ Roles
     ``echo``    a blocking pure-Python UNIX-socket echo server, for the round-trip limit.
 
 The system ``limits`` measures the physical limits (memcpy with one and two threads, copying
-into fresh shared memory, a pure-Python socket round trip) with no store at all.
+into fresh shared memory, a pure-Python socket round trip) with no store at all: see
+``worker_limits.py``.
 
 Every loop is bounded by a repetition count and a time budget. Nothing here asserts on
 timing: numbers are recorded, and the orchestrator compares them.
@@ -23,28 +24,19 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import mmap
 import os
-import socket
 import subprocess
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import worker_lib as lib
+import worker_limits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def size_label(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} B"
 
 
 class Recorder:
@@ -159,10 +151,6 @@ def helper_main(system: str, socket_path: str) -> int:
 
 
 # -- workload groups -----------------------------------------------------------------------
-def _source(nbytes: int) -> np.ndarray:
-    return np.arange(max(1, nbytes // 8), dtype=np.float64)
-
-
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
@@ -176,8 +164,8 @@ def group_arrays(backend: Any, plan: dict[str, Any], rec: Recorder) -> None:
     """put and get (same process) of float64 arrays of every size."""
     budget = plan["case_budget"]
     for nbytes, put_reps, get_reps, _ in plan["sizes"]:
-        label = size_label(nbytes)
-        src = _source(nbytes)
+        label = lib.size_label(nbytes)
+        src = lib.source_array(nbytes)
         try:
             samples: list[float] = []
             cold: float | None = None
@@ -216,9 +204,9 @@ def group_remote(backend: Any, plan: dict[str, Any], rec: Recorder) -> None:
     helper = start_helper(backend.system, plan)
     try:
         for nbytes, _, _, reps in plan["sizes"]:
-            label = size_label(nbytes)
+            label = lib.size_label(nbytes)
             try:
-                src = _source(nbytes)
+                src = lib.source_array(nbytes)
                 handle = backend.put(src)
                 del src
                 out = helper.call("get_many", exported=backend.export(handle), reps=reps, nbytes=nbytes,
@@ -453,107 +441,6 @@ GROUPS: dict[str, Callable[[Any, dict[str, Any], Recorder], None]] = {
 }
 
 
-# -- the physical limits -------------------------------------------------------------------
-def _copy2(pool: ThreadPoolExecutor, dst: np.ndarray, src: np.ndarray) -> None:
-    half = (src.size // 2 + 7) & ~7
-    futures = [pool.submit(np.copyto, dst[:half], src[:half]), pool.submit(np.copyto, dst[half:], src[half:])]
-    for f in futures:
-        f.result()
-
-
-def _fresh_copy(src: np.ndarray) -> None:
-    fd = os.memfd_create("bench-fresh")
-    try:
-        os.ftruncate(fd, src.nbytes)
-        with mmap.mmap(fd, src.nbytes) as m:
-            dst = np.frombuffer(m, dtype=src.dtype)
-            np.copyto(dst, src)
-            del dst
-    finally:
-        os.close(fd)
-
-
-def _rtt(path: str, reps: int, cpu: int | None) -> list[float]:
-    server = subprocess.Popen([sys.executable, os.path.join(HERE, "worker.py"), "--role", "echo", "--socket", path]
-                              + (["--cpu", str(cpu)] if cpu is not None else []))
-    old = os.sched_getaffinity(0)
-    try:
-        deadline = time.monotonic() + 10
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        while True:
-            try:
-                sock.connect(path)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
-        message = b"x" * 16
-
-        def once() -> None:
-            sock.sendall(message)
-            sock.recv(64)
-
-        return lib.timed(once, reps, 200, 20.0)
-    finally:
-        os.sched_setaffinity(0, old)
-        sock.close()
-        server.wait(10)
-
-
-def echo_main(path: str, cpu: int | None) -> int:
-    """``--role echo``: a blocking echo server for one connection."""
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    listener.settimeout(30)
-    conn, _ = listener.accept()
-    while data := conn.recv(64):
-        conn.sendall(data)
-    conn.close()
-    listener.close()
-    os.unlink(path)
-    return 0
-
-
-def run_limits(plan: dict[str, Any], rec: Recorder) -> None:
-    cfg = plan["limits"]
-    budget = plan["case_budget"]
-    with ThreadPoolExecutor(2) as pool:
-        for nbytes, reps in cfg["sizes"]:
-            label = size_label(nbytes)
-            src = _source(nbytes)
-            # The destination is shared memory, as every store here writes into: numpy's own
-            # buffers get transparent huge pages where the kernel allows them for private
-            # memory, which a shared mapping often cannot (shmem_enabled), and a copy into them
-            # runs up to ~30% faster than any store can. That figure is shown, not a limit.
-            segment, dst = lib.shared_like(src)
-            rec.add("memcpy1", label, lib.timed(lambda d=dst, s=src: np.copyto(d, s), reps, 2, budget),
-                    nbytes=nbytes)
-            rec.add("memcpy2", label, lib.timed(lambda d=dst, s=src: _copy2(pool, d, s), reps, 2, budget),
-                    nbytes=nbytes)
-            del dst
-            segment.close()
-            if nbytes >= 64 << 20:
-                private = np.empty_like(src)
-                private.fill(1.0)
-                rec.add("memcpy2_private", label,
-                        lib.timed(lambda d=private, s=src: _copy2(pool, d, s), reps, 2, budget), nbytes=nbytes)
-                del private
-            if nbytes >= 64 << 20:
-                rec.add("fresh", label, lib.timed(lambda s=src: _fresh_copy(s), max(2, reps // 2), 1, budget),
-                        nbytes=nbytes)
-            del src
-            gc.collect()
-    path = os.path.join(plan["tmp"], "echo.sock")
-    rec.add("rtt", "unpinned", _rtt(path, cfg["rtt_reps"], None))
-    rec.add("rtt", "pinned to one CPU", _rtt(path, cfg["rtt_reps"], min(os.sched_getaffinity(0))))
-
-
 # -- entry ---------------------------------------------------------------------------------
 def main_run(system: str, plan: dict[str, Any], out: str) -> int:
     rec = Recorder()
@@ -563,7 +450,7 @@ def main_run(system: str, plan: dict[str, Any], out: str) -> int:
     backend = None
     try:
         if system == "limits":
-            run_limits(plan, rec)
+            worker_limits.run_limits(plan, rec)
         else:
             if system == "ray":
                 os.environ["PYTHONPATH"] = HERE  # Ray's worker processes import worker_lib
@@ -605,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "helper":
         return helper_main(args.system, args.socket)
     if args.role == "echo":
-        return echo_main(args.socket, args.cpu)
+        return worker_limits.echo_main(args.socket, args.cpu)
     with open(args.plan) as f:
         plan = json.load(f)
     return main_run(args.system, plan, args.out)

@@ -44,6 +44,8 @@ __all__ = [
     "rss_anon",
     "shared_like",
     "shm_held",
+    "size_label",
+    "source_array",
     "timed",
     "zero_copy_report",
 ]
@@ -56,6 +58,19 @@ STORE_MAPPING: dict[str, re.Pattern[str]] = {
 }
 
 _SHM_FILE = re.compile(r"^(/memfd:|/dev/shm/)")
+
+
+def size_label(n: int) -> str:
+    """``1048576`` → ``'1 MiB'``: the case names of the size tables."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n} B"
+
+
+def source_array(nbytes: int) -> np.ndarray:
+    """The float64 array of (about) ``nbytes`` every array workload puts."""
+    return np.arange(max(1, nbytes // 8), dtype=np.float64)
 
 
 def shared_like(src: np.ndarray) -> tuple[Any, np.ndarray]:
