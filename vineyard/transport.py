@@ -345,42 +345,36 @@ class IPCTransport(_Transport):
         if exporter is not None:
             start = offset - ref.offset  # type: ignore[union-attr]
             return np.frombuffer(exporter, dtype=np.uint8, count=size, offset=start)
-        pending = self._pending
-        if pending and blob_id in pending:  # see view_run
-            pending.remove(blob_id)
-        exporter = (ctypes.c_char * size).from_buffer(self.segments[segment], offset)
-        address = ctypes.addressof(exporter)
-        self._views[blob_id] = _BlobRef(exporter, (blob_id,), (address,), offset, self._books)
-        self.addresses[address] = (blob_id, size)
-        if self._flusher is None:
-            self._start_flusher()
-        return np.frombuffer(exporter, dtype=np.uint8)
+        return np.frombuffer(self._export(((blob_id, segment, offset, size),), segment, offset, size), dtype=np.uint8)
 
     def view_run(self, locs: list[Any]) -> list[np.ndarray]:
         """uint8 arrays over blobs that lie one after the other in one segment, all over one
         exporter: arrays that span several of them (a DataFrame block) keep them all."""
-        pending = self._pending
-        for blob_id, *_ in locs:
-            # An earlier view of this blob may have died after the request went out; its
-            # queued release would drop the reference the new view stands on.
-            if pending and blob_id in pending:
-                pending.remove(blob_id)
         _, segment, first, _ = locs[0]
         last = locs[-1]
-        exporter = (ctypes.c_char * (last[2] + last[3] - first)).from_buffer(self.segments[segment], first)
+        whole = np.frombuffer(self._export(locs, segment, first, last[2] + last[3] - first), dtype=np.uint8)
+        return [whole[offset - first : offset - first + size] for _, _, offset, size in locs]
+
+    def _export(self, locs: Any, segment: int, first: int, nbytes: int) -> Any:
+        """One exporter over ``nbytes`` of ``segment`` from ``first``, standing for the blobs
+        at ``locs`` (adjacent, in order): registered, and released when it dies."""
+        pending = self._pending
+        for loc in locs:
+            # An earlier view of this blob may have died after the request went out; its
+            # queued release would drop the reference the new view stands on.
+            if pending and loc[0] in pending:
+                pending.remove(loc[0])
+        exporter = (ctypes.c_char * nbytes).from_buffer(self.segments[segment], first)
         base = ctypes.addressof(exporter)
-        ids = tuple(loc[0] for loc in locs)
         starts = tuple(base + loc[2] - first for loc in locs)
-        ref = _BlobRef(exporter, ids, starts, first, self._books)
-        whole = np.frombuffer(exporter, dtype=np.uint8)
-        out = []
-        for (blob_id, _, offset, size), address in zip(locs, starts):
-            self._views[blob_id] = ref
-            self.addresses[address] = (blob_id, size)
-            out.append(whole[offset - first : offset - first + size])
+        ref = _BlobRef(exporter, tuple(loc[0] for loc in locs), starts, first, self._books)
+        views, addresses = self._views, self.addresses
+        for loc, address in zip(locs, starts):
+            views[loc[0]] = ref
+            addresses[address] = (loc[0], loc[3])
         if self._flusher is None:
             self._start_flusher()
-        return out
+        return exporter
 
     def writable(self, segment: int, offset: int, size: int) -> np.ndarray:
         return np.frombuffer(self.segments[segment], dtype=np.uint8, count=size, offset=offset)
