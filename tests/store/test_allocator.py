@@ -129,6 +129,21 @@ def test_cached_memory_makes_room_when_the_limit_needs_it() -> None:
     assert alloc.used + alloc.cached_bytes <= alloc.limit
 
 
+def test_a_cached_segment_too_large_for_the_room_left_is_not_reused() -> None:
+    # a reused segment is charged whole: reusing 256 KiB for a 128 KiB blob here would
+    # take used past the limit (found by the state machine below)
+    alloc = small(limit=1 * MiB, cache_limit=1 * MiB, dedicated_threshold=64 * KiB)
+    big, _ = alloc.allocate(256 * KiB)
+    alloc.free(big)
+    alloc.allocate(800 * KiB)
+    a, actions = alloc.allocate(128 * KiB)
+    assert a.segment != big.segment
+    assert a.size == 128 * KiB
+    assert Action("create", a.segment, 0, 128 * KiB) in actions
+    assert alloc.used == 928 * KiB <= alloc.limit
+    assert alloc.used + alloc.cached_bytes <= alloc.limit
+
+
 def test_shrink_gives_back_the_tail() -> None:
     alloc = small()
     a, _ = alloc.allocate(4096)

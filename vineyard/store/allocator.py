@@ -165,9 +165,11 @@ class Allocator:
     def _allocate_dedicated(self, charged: int) -> tuple[Allocation, list[Action]]:
         actions: list[Action] = []
         reuse = None
+        # a reused segment is charged whole, so it must fit under the limit too
+        largest = min(charged + max(charged // 4, 1 << 20), self.limit - self.used)
         for seg_id in self._cache:
             seg = self._dedicated.get(seg_id)
-            if seg is None or not charged <= seg.size <= charged + max(charged // 4, 1 << 20):
+            if seg is None or not charged <= seg.size <= largest:
                 continue
             if reuse is None or seg.size < reuse.size:
                 reuse = seg
